@@ -1,0 +1,114 @@
+/*
+ * Library-owned byte buffers. They grow geometrically and are reused from
+ * record to record, so the hot path allocates only when a record is larger
+ * than any before it in the same buffer.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+void pmap__buf_init(struct pmap_buf *b, size_t max)
+{
+    b->data = NULL;
+    b->len = 0;
+    b->cap = 0;
+    b->max = max;
+}
+
+int pmap__buf_reserve(struct pmap_buf *b, size_t cap)
+{
+    size_t ncap;
+    unsigned char *p;
+
+    if (cap <= b->cap)
+        return 0;
+    ncap = b->cap ? b->cap : 64;
+    while (ncap < cap) {
+        if (ncap > SIZE_MAX / 2) {
+            ncap = cap;
+            break;
+        }
+        ncap *= 2;
+    }
+    p = realloc(b->data, ncap);
+    if (p == NULL) {
+        /* Doubling may overshoot what memory allows; the exact size may not. */
+        ncap = cap;
+        p = realloc(b->data, ncap);
+        if (p == NULL)
+            return PMAP_ENOMEM;
+    }
+    b->data = p;
+    b->cap = ncap;
+    return 0;
+}
+
+int pmap__buf_append(struct pmap_buf *b, const void *data, size_t len)
+{
+    if (len > SIZE_MAX - b->len)
+        return PMAP_ENOMEM;
+    if (pmap__buf_reserve(b, b->len + len) != 0)
+        return PMAP_ENOMEM;
+    if (len)
+        memcpy(b->data + b->len, data, len);
+    b->len += len;
+    return 0;
+}
+
+void pmap__buf_trim(struct pmap_buf *b, size_t keep)
+{
+    b->len = 0;
+    if (b->cap > keep) {
+        free(b->data);
+        b->data = NULL;
+        b->cap = 0;
+    }
+}
+
+void pmap__buf_free(struct pmap_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = 0;
+    b->cap = 0;
+}
+
+void *pmap_buf_reserve(pmap_buf *buf, size_t len)
+{
+    if (buf == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    buf->len = 0;
+    if (len > buf->max) {
+        errno = E2BIG;
+        return NULL;
+    }
+    if (pmap__buf_reserve(buf, len ? len : 1) != 0) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    buf->len = len;
+    return buf->data;
+}
+
+int pmap_buf_set(pmap_buf *buf, const void *data, size_t len)
+{
+    void *p;
+
+    if (buf == NULL || (data == NULL && len != 0)) {
+        if (buf)
+            buf->len = 0;
+        return PMAP_EINVAL;
+    }
+    p = pmap_buf_reserve(buf, len);
+    if (p == NULL)
+        return errno == E2BIG ? PMAP_ETOOBIG : PMAP_ENOMEM;
+    if (len)
+        memcpy(p, data, len);
+    return PMAP_OK;
+}

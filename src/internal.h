@@ -1,0 +1,251 @@
+/*
+ * Internal declarations shared by the modules of libpmap. Nothing here is
+ * part of the public API; names with a double underscore are hidden in the
+ * shared library (C_VISIBILITY_PRESET hidden) but reachable by the unit
+ * tests, which link the static library.
+ */
+#ifndef PMAP_INTERNAL_H
+#define PMAP_INTERNAL_H
+
+#include "pmap.h"
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+/* ------------------------------------------------------------------------ */
+/* Limits and tuning                                                        */
+/* ------------------------------------------------------------------------ */
+
+#define PMAP__DEFAULT_MAX_RECORD ((size_t)1 << 30)
+/* Largest batch the adaptive sizing builds; explicit `chunk` may go higher. */
+#define PMAP__CHUNK_MAX 2048u
+/* Most records in one frame accepted from the wire: a sanity bound only. */
+#define PMAP__FRAME_MAX_COUNT (1u << 24)
+/* Slot buffers that grew past this are released when the slot is reused,
+ * so that one large record does not pin its memory in every slot. */
+#define PMAP__KEEP_BYTES ((size_t)1 << 20)
+
+/* ------------------------------------------------------------------------ */
+/* Buffers (buf.c)                                                          */
+/* ------------------------------------------------------------------------ */
+
+struct pmap_buf {
+    unsigned char *data;
+    size_t len;
+    size_t cap;
+    size_t max; /* max_record_bytes: the most len may be */
+};
+
+void pmap__buf_init(struct pmap_buf *b, size_t max);
+/* Make room for `cap` bytes, keeping the contents. 0 or PMAP_ENOMEM. */
+int pmap__buf_reserve(struct pmap_buf *b, size_t cap);
+/* Append bytes (no max check: used for internal staging). 0 or PMAP_ENOMEM. */
+int pmap__buf_append(struct pmap_buf *b, const void *data, size_t len);
+/* Release the storage if it grew past `keep` bytes; empty the buffer. */
+void pmap__buf_trim(struct pmap_buf *b, size_t keep);
+void pmap__buf_free(struct pmap_buf *b);
+
+/* ------------------------------------------------------------------------ */
+/* System helpers (io.c)                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* A pipe whose ends are close-on-exec, numbered >= 3 and registered as
+ * libpmap's own (so every worker closes them). 0 or PMAP_ESYS/ENOMEM. */
+int pmap__pipe(int fds[2]);
+/* Unregister and close *fd (if >= 0), then set it to -1. errno preserved. */
+void pmap__close(int *fd);
+int pmap__set_nonblock(int fd);
+/* Ask for a larger pipe buffer where the kernel allows; failure is harmless. */
+void pmap__pipe_grow(int fd, int bytes);
+
+/* Write buf[*off .. len) to fd, advancing *off; stops early with 0 when a
+ * non-blocking fd is full. 0 or PMAP_ESYS. */
+int pmap__write_some(int fd, const void *buf, size_t len, size_t *off);
+/* Blocking write of everything, iovecs included (worker side). 0 or ESYS. */
+int pmap__writev_all(int fd, struct iovec *iov, int iovcnt);
+/* One read, retried on EINTR: >0 bytes, 0 EOF, -1 would block, PMAP_ESYS. */
+long pmap__read_once(int fd, void *buf, size_t cap);
+
+/* Guard against SIGPIPE around writes to pipes whose reader may be gone:
+ * blocks SIGPIPE in this thread and, on leaving, discards a SIGPIPE that our
+ * writes raised (never one that was pending before). */
+struct pmap__sigpipe_guard {
+    int was_pending;
+    int blocked; /* the guard blocked it (it was not blocked already) */
+    int epipe;   /* set by the writer when a write failed with EPIPE */
+};
+void pmap__sigpipe_enter(struct pmap__sigpipe_guard *g);
+void pmap__sigpipe_leave(struct pmap__sigpipe_guard *g);
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t pmap__now_ns(void);
+
+/* The registry of libpmap's descriptors, so that a new worker can close
+ * every descriptor of every pool but its own. */
+void pmap__fdreg_lock(void);
+void pmap__fdreg_unlock(void);
+/* In a freshly forked worker, with the registry lock held by the fork:
+ * close every registered descriptor except keep1 and keep2, and leave the
+ * worker with an empty, unlocked registry of its own. */
+void pmap__fdreg_child(int keep1, int keep2);
+
+/* ------------------------------------------------------------------------ */
+/* Wire format (wire.c)                                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A frame is a header, `count` records and a trailer. Each record is a
+ * 16-byte record header and `len` bytes. Integers are in the host's byte
+ * order (both ends run on one machine). The header carries a check value
+ * over its own fields and the trailer one over the header's, so that bytes
+ * a buggy task scribbles into the stream are caught at the next boundary.
+ *
+ *   header  (32): magic u32 | kind u16 | version u16 | count u32 | seq u32 |
+ *                 bytes u64 (records incl. their headers) | aux u32 | check u32
+ *   record  (16): status u32 (0 ok, 1 task error) | code i32 | len u64
+ *   trailer  (8): magic u32 | check u32
+ */
+#define PMAP__HDR_SIZE 32u
+#define PMAP__REC_SIZE 16u
+#define PMAP__TRL_SIZE 8u
+
+enum pmap__kind {
+    PMAP__K_TASKS = 1,   /* caller -> worker: parameter records */
+    PMAP__K_RESULTS = 2, /* worker -> caller: result records, aux = task time (us) */
+    PMAP__K_READY = 3,   /* worker -> caller: worker_init done, no records */
+    PMAP__K_RETIRE = 4   /* worker -> caller: exiting after `seq` records (memory limit) */
+};
+
+enum { PMAP__R_OK = 0, PMAP__R_TASKERR = 1 };
+
+struct pmap__frame {
+    unsigned kind;
+    uint32_t count;
+    uint32_t seq;   /* low 32 bits of the sequence number of the first record */
+    uint64_t bytes; /* PMAP__REC_SIZE * count + sum of the record lengths */
+    uint32_t aux;
+};
+
+void pmap__frame_hdr(unsigned char out[PMAP__HDR_SIZE], const struct pmap__frame *f);
+void pmap__frame_trl(unsigned char out[PMAP__TRL_SIZE], const struct pmap__frame *f);
+void pmap__rec_hdr(unsigned char out[PMAP__REC_SIZE], unsigned status, int code, uint64_t len);
+
+/*
+ * Incremental decoder: feed it bytes in any split; it calls back as
+ * frames and records complete. A callback returning non-zero stops the
+ * decoder with that value (sticky). Malformed input gives PMAP_EPROTO.
+ */
+struct pmap__decoder_ops {
+    /* A valid header arrived. Return 0 to accept, or a negative status. */
+    int (*frame)(void *ud, const struct pmap__frame *f);
+    /* A record of `len` bytes starts: return where its bytes go (room for
+     * len bytes; any non-NULL pointer when len is 0), or NULL on ENOMEM. */
+    unsigned char *(*record)(void *ud, unsigned status, int code, uint64_t len);
+    /* The record's bytes are all in place. */
+    int (*record_end)(void *ud);
+    /* The trailer checked out. */
+    int (*frame_end)(void *ud, const struct pmap__frame *f);
+};
+
+struct pmap__decoder {
+    const struct pmap__decoder_ops *ops;
+    void *ud;
+    uint64_t max_record;
+    int state;
+    int rc; /* sticky error */
+    struct pmap__frame f;
+    uint32_t recs_left;
+    uint64_t bytes_left;
+    unsigned char *dst; /* payload destination of the current record */
+    uint64_t data_left;
+    unsigned char tmp[PMAP__HDR_SIZE];
+    size_t tmp_len;
+};
+
+void pmap__decoder_init(struct pmap__decoder *d, const struct pmap__decoder_ops *ops, void *ud,
+                        uint64_t max_record);
+/* Consume n bytes. 0, or the sticky error. */
+int pmap__decode(struct pmap__decoder *d, const unsigned char *p, size_t n);
+/* While a record's payload is being received: where the next bytes go and
+ * how many are still due, so a large payload can be read in place. NULL
+ * when the decoder is not inside a payload. Then pmap__decode_direct(n). */
+unsigned char *pmap__decoder_direct(struct pmap__decoder *d, uint64_t *want);
+int pmap__decode_direct(struct pmap__decoder *d, size_t n);
+/* True between frames (nothing partial buffered). */
+int pmap__decoder_idle(const struct pmap__decoder *d);
+
+/* ------------------------------------------------------------------------ */
+/* Records and the backend interface                                        */
+/* ------------------------------------------------------------------------ */
+
+/* One record of the window: its parameter until the result is back, then
+ * its result until pmap_next() has handed it out. */
+struct pmap__rec {
+    uint64_t index;
+    struct pmap_buf param;
+    struct pmap_buf result;
+    int status;
+    int code;
+    unsigned state; /* enum pmap__rec_state (iter.c) */
+    unsigned tries; /* re-runs caused by crashes that no record could be blamed for */
+    uint32_t next;  /* intrusive queue link (slot number), UINT32_MAX: none */
+};
+
+/* How a backend reports to the iterator. Called only from within pump(). */
+struct pmap__sink {
+    void *it;
+    /* The record is finished: r->status, r->code and r->result are set. */
+    void (*done)(void *it, struct pmap__rec *r);
+    /* The record did not finish on its worker through no fault of its own:
+     * queue it to run again. */
+    void (*retry)(void *it, struct pmap__rec *r);
+    /* A worker ran `count` records in `task_us` microseconds. */
+    void (*timing)(void *it, uint32_t count, uint32_t task_us);
+};
+
+/*
+ * The iterator drives workers only through these operations: today they
+ * are processes behind pipes (pool.c); another transport plugs in here.
+ * Records handed to submit() stay owned by the iterator; the backend
+ * references them until it reports them through the sink or cancel() ends.
+ */
+struct pmap__backend_ops {
+    /* Number of worker places (fixed for the pool's life). */
+    int (*nworkers)(void *be);
+    /* Records worker w may take now: 0 when it cannot (dead, retiring,
+     * recycling); otherwise the rest of its max_tasks allowance, or
+     * UINT32_MAX. */
+    uint32_t (*room)(void *be, int w);
+    /* Records in flight on worker w. */
+    uint32_t (*inflight)(void *be, int w);
+    /* Queue a batch for worker w (room() permitting). 0 or a fatal status. */
+    int (*submit)(void *be, int w, struct pmap__rec **recs, uint32_t n);
+    /* Start workers that are missing, move bytes, wait up to timeout_ms
+     * (-1: until something happens) for results and faults, report them to
+     * the sink. 0 or a fatal status (PMAP_ESYS, PMAP_EWORKER, PMAP_ENOMEM). */
+    int (*pump)(void *be, int timeout_ms, const struct pmap__sink *sink);
+    /* Forget every record in flight: busy workers are stopped (and replaced
+     * later); returns once they are gone. */
+    void (*cancel)(void *be);
+    /* A new map starts / ended (resets the crash-loop breaker etc.). */
+    void (*begin)(void *be);
+};
+
+/* The pool as the iterator sees it (pool.c fills it). */
+struct pmap__pool_view {
+    const struct pmap__backend_ops *ops;
+    void *be;
+    unsigned chunk;  /* explicit chunk, 0: adaptive */
+    unsigned window; /* resolved window, >= 1 */
+    int window_auto; /* the window was chosen by the library */
+    size_t max_record;
+    struct pmap_iter **iter_slot; /* where the open iterator is recorded */
+};
+
+/* pool.c: the view of a pool, or PMAP_EINVAL if it is not usable here
+ * (inherited through fork). */
+int pmap__pool_view(pmap_pool *pool, struct pmap__pool_view *v);
+
+#endif /* PMAP_INTERNAL_H */

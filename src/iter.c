@@ -1,0 +1,474 @@
+/*
+ * The iterator: the window of records, the lazy generator, batching,
+ * reordering and per-item status. It drives workers only through the
+ * backend operations (internal.h), so it does not know they are processes.
+ *
+ * Every record generated and not yet returned owns one slot of `recs`. In
+ * input order the slot of record i is i % window, which needs no lookup
+ * because at most `window` consecutive records are alive; completion order
+ * takes slots from a free list and queues finished ones.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define NONE UINT32_MAX
+/* Batches are aimed at this much task time: long enough that the round
+ * trip (tens of microseconds) is noise, short enough to balance well. */
+#define TARGET_BATCH_NS 1000000.0
+/* Batches queued per worker beyond the one it is running. */
+#define DEPTH 2u
+/* In automatic-window mode, stop generating while records alive hold more
+ * than this many bytes (there is always at least one record in flight). */
+#define AUTO_BYTES ((uint64_t)256 << 20)
+/* Delivering buffered results, look at the pipes every this many items so
+ * workers are fed while the consumer drains. */
+#define PUMP_EVERY 64u
+
+enum rec_state { R_FREE, R_QUEUED, R_FLIGHT, R_DONE, R_LOST };
+
+enum gen_state { G_RUNNING, G_ENDED, G_FAILED };
+
+struct queue {
+    uint32_t head, tail;
+};
+
+struct pmap_iter {
+    pmap_pool *pool;
+    struct pmap__pool_view v;
+    pid_t owner;
+    pmap_gen_fn gen;
+    void *gen_ctx;
+    int ordered;
+    struct pmap__rec *recs;
+    uint32_t window;
+    uint64_t generated; /* records the generator produced */
+    uint64_t returned;  /* records pmap_next handed out (and released) */
+    uint64_t next_out;  /* input order: index of the next record to return */
+    uint64_t live_bytes;
+    uint32_t free_head; /* completion order: free slots */
+    struct queue retry; /* records to run (again) before new ones */
+    struct queue done;  /* completion order: finished records */
+    enum gen_state gen_state;
+    int fatal;   /* status to return once everything before it is out */
+    int stopped; /* the backend failed: nothing more runs */
+    struct pmap__rec *held;
+    unsigned since_pump;
+    int next_worker;
+    double ns_per_rec; /* moving average of task time per record; 0: unknown */
+    struct pmap__rec **batch;
+    uint32_t batch_cap;
+    struct pmap__sink sink;
+};
+
+static uint32_t slot_of(const struct pmap_iter *it, const struct pmap__rec *r)
+{
+    return (uint32_t)(r - it->recs);
+}
+
+static void q_push(struct pmap_iter *it, struct queue *q, struct pmap__rec *r)
+{
+    uint32_t s = slot_of(it, r);
+
+    r->next = NONE;
+    if (q->tail == NONE)
+        q->head = s;
+    else
+        it->recs[q->tail].next = s;
+    q->tail = s;
+}
+
+static struct pmap__rec *q_pop(struct pmap_iter *it, struct queue *q)
+{
+    struct pmap__rec *r;
+
+    if (q->head == NONE)
+        return NULL;
+    r = &it->recs[q->head];
+    q->head = r->next;
+    if (q->head == NONE)
+        q->tail = NONE;
+    r->next = NONE;
+    return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sink: what the backend reports                                           */
+/* ------------------------------------------------------------------------ */
+
+static void on_done(void *ud, struct pmap__rec *r)
+{
+    struct pmap_iter *it = ud;
+
+    if (r->state != R_FLIGHT)
+        return;
+    r->state = R_DONE;
+    if (r->status != PMAP_OK)
+        r->result.len = 0;
+    it->live_bytes += r->result.len;
+    /* The worker has the parameter; a large one need not wait for delivery. */
+    if (r->param.cap > PMAP__KEEP_BYTES) {
+        it->live_bytes -= r->param.len;
+        pmap__buf_trim(&r->param, 0);
+    }
+    if (!it->ordered)
+        q_push(it, &it->done, r);
+}
+
+static void on_retry(void *ud, struct pmap__rec *r)
+{
+    struct pmap_iter *it = ud;
+
+    if (r->state != R_FLIGHT)
+        return;
+    r->state = R_QUEUED;
+    q_push(it, &it->retry, r);
+}
+
+static void on_timing(void *ud, uint32_t count, uint32_t task_us)
+{
+    struct pmap_iter *it = ud;
+    double ns;
+
+    if (count == 0)
+        return;
+    ns = (double)task_us * 1000.0 / count;
+    /* Task time under a microsecond rounds to 0 in the frame: count it as
+     * cheap rather than unknown. */
+    if (ns < 20.0)
+        ns = 20.0;
+    it->ns_per_rec = it->ns_per_rec == 0.0 ? ns : 0.7 * it->ns_per_rec + 0.3 * ns;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Generating and dispatching                                               */
+/* ------------------------------------------------------------------------ */
+
+static uint32_t chunk_size(const struct pmap_iter *it)
+{
+    uint32_t chunk, fair;
+    int nw = it->v.ops->nworkers(it->v.be);
+
+    if (it->v.chunk)
+        return it->v.chunk;
+    if (it->ns_per_rec == 0.0) {
+        chunk = 1; /* nothing measured yet: one record tells the cost */
+    } else {
+        double c = TARGET_BATCH_NS / it->ns_per_rec;
+
+        chunk = c >= PMAP__CHUNK_MAX ? PMAP__CHUNK_MAX : c < 1.0 ? 1u : (uint32_t)c;
+    }
+    /* Leave enough of the window for every worker to have work. */
+    fair = it->window / ((uint32_t)nw * (DEPTH + 1u));
+    if (fair < 1)
+        fair = 1;
+    return chunk < fair ? chunk : fair;
+}
+
+static struct pmap__rec *generate(struct pmap_iter *it)
+{
+    struct pmap__rec *r;
+    uint32_t slot;
+    int rc;
+
+    if (it->gen_state != G_RUNNING || it->generated - it->returned >= it->window)
+        return NULL;
+    if (it->v.window_auto && it->live_bytes > AUTO_BYTES && it->generated > it->returned)
+        return NULL;
+    if (it->ordered) {
+        slot = (uint32_t)(it->generated % it->window);
+    } else {
+        slot = it->free_head;
+        if (slot == NONE)
+            return NULL;
+    }
+    r = &it->recs[slot];
+    r->param.len = 0;
+    rc = it->gen(it->gen_ctx, &r->param);
+    if (rc <= 0) {
+        r->param.len = 0;
+        it->gen_state = rc == 0 ? G_ENDED : G_FAILED;
+        if (rc < 0 && it->fatal == 0)
+            it->fatal = PMAP_EGEN;
+        return NULL;
+    }
+    if (!it->ordered)
+        it->free_head = r->next;
+    r->next = NONE;
+    r->index = it->generated++;
+    r->state = R_FLIGHT;
+    r->status = PMAP_OK;
+    r->code = 0;
+    r->tries = 0;
+    r->result.len = 0;
+    it->live_bytes += r->param.len;
+    return r;
+}
+
+/* Hand work to every worker that has room for it. */
+static int dispatch(struct pmap_iter *it)
+{
+    const struct pmap__backend_ops *ops = it->v.ops;
+    int nw = ops->nworkers(it->v.be);
+    uint32_t chunk = chunk_size(it);
+    int k;
+
+    if (chunk > it->batch_cap) {
+        struct pmap__rec **b = realloc(it->batch, (size_t)chunk * sizeof *b);
+
+        if (b == NULL)
+            return PMAP_ENOMEM;
+        it->batch = b;
+        it->batch_cap = chunk;
+    }
+    for (k = 0; k < nw; k++) {
+        int w = (it->next_worker + k) % nw;
+        uint32_t room = ops->room(it->v.be, w);
+        uint32_t infl = ops->inflight(it->v.be, w);
+        uint32_t target = chunk * DEPTH;
+
+        while (room > 0 && infl < target) {
+            uint32_t limit = chunk, n = 0;
+            int rc;
+
+            if (limit > room)
+                limit = room;
+            if (limit > target - infl)
+                limit = target - infl;
+            while (n < limit) {
+                struct pmap__rec *r = q_pop(it, &it->retry);
+
+                if (r != NULL)
+                    r->state = R_FLIGHT;
+                else
+                    r = generate(it);
+                if (r == NULL)
+                    break;
+                it->batch[n++] = r;
+            }
+            if (n == 0) {
+                it->next_worker = (w + 1) % nw;
+                return 0;
+            }
+            rc = ops->submit(it->v.be, w, it->batch, n);
+            if (rc != 0)
+                return rc;
+            room -= n;
+            infl += n;
+        }
+    }
+    it->next_worker = (it->next_worker + 1) % nw;
+    return 0;
+}
+
+/* The backend failed: nothing more will run. Records not finished are
+ * dropped; finished ones are still returned, then the error. */
+static void stop_all(struct pmap_iter *it, int rc)
+{
+    uint32_t i;
+
+    it->v.ops->cancel(it->v.be);
+    it->stopped = 1;
+    if (it->fatal == 0)
+        it->fatal = rc;
+    if (it->gen_state == G_RUNNING)
+        it->gen_state = G_ENDED;
+    it->retry.head = it->retry.tail = NONE;
+    for (i = 0; i < it->window; i++) {
+        struct pmap__rec *r = &it->recs[i];
+
+        if (r->state == R_FLIGHT || r->state == R_QUEUED)
+            r->state = R_LOST;
+    }
+}
+
+static int step(struct pmap_iter *it, int timeout_ms)
+{
+    int rc;
+
+    if (it->stopped)
+        return 0;
+    rc = dispatch(it);
+    if (rc == 0)
+        rc = it->v.ops->pump(it->v.be, timeout_ms, &it->sink);
+    if (rc == 0 && timeout_ms != 0)
+        rc = dispatch(it); /* refill at once what the pump freed */
+    if (rc != 0)
+        stop_all(it, rc);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Delivery                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static void release(struct pmap_iter *it, struct pmap__rec *r)
+{
+    it->live_bytes -= r->param.len + r->result.len;
+    r->state = R_FREE;
+    pmap__buf_trim(&r->param, PMAP__KEEP_BYTES);
+    pmap__buf_trim(&r->result, PMAP__KEEP_BYTES);
+    it->returned++;
+    if (it->ordered) {
+        it->next_out++;
+    } else {
+        r->next = it->free_head;
+        it->free_head = slot_of(it, r);
+    }
+}
+
+static struct pmap__rec *deliverable(struct pmap_iter *it)
+{
+    struct pmap__rec *r;
+
+    if (it->ordered) {
+        while (it->next_out < it->generated) {
+            r = &it->recs[it->next_out % it->window];
+            if (r->state == R_DONE)
+                return r;
+            if (r->state != R_LOST)
+                return NULL;
+            release(it, r);
+        }
+        return NULL;
+    }
+    r = q_pop(it, &it->done);
+    if (r != NULL)
+        return r;
+    if (it->stopped) {
+        uint32_t i;
+
+        for (i = 0; i < it->window; i++)
+            if (it->recs[i].state == R_LOST)
+                release(it, &it->recs[i]);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Public API                                                               */
+/* ------------------------------------------------------------------------ */
+
+static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int ordered)
+{
+    struct pmap_iter *it;
+    struct pmap__pool_view v;
+    uint32_t i;
+
+    if (gen == NULL || pmap__pool_view(pool, &v) != 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (*v.iter_slot != NULL) {
+        errno = EBUSY;
+        return NULL;
+    }
+    it = calloc(1, sizeof *it);
+    if (it == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    it->recs = calloc(v.window, sizeof *it->recs);
+    if (it->recs == NULL) {
+        free(it);
+        errno = ENOMEM;
+        return NULL;
+    }
+    it->pool = pool;
+    it->v = v;
+    it->owner = getpid();
+    it->gen = gen;
+    it->gen_ctx = gen_ctx;
+    it->ordered = ordered;
+    it->window = v.window;
+    it->retry.head = it->retry.tail = NONE;
+    it->done.head = it->done.tail = NONE;
+    it->free_head = 0;
+    for (i = 0; i < v.window; i++) {
+        struct pmap__rec *r = &it->recs[i];
+
+        pmap__buf_init(&r->param, v.max_record);
+        pmap__buf_init(&r->result, v.max_record);
+        r->next = i + 1 < v.window ? i + 1 : NONE;
+    }
+    it->sink.it = it;
+    it->sink.done = on_done;
+    it->sink.retry = on_retry;
+    it->sink.timing = on_timing;
+    *v.iter_slot = it;
+    v.ops->begin(v.be);
+    return it;
+}
+
+pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx)
+{
+    return iter_new(pool, gen, gen_ctx, 1);
+}
+
+pmap_iter *pmap_imap_unordered(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx)
+{
+    return iter_new(pool, gen, gen_ctx, 0);
+}
+
+int pmap_next(pmap_iter *it, pmap_item *item)
+{
+    struct pmap__rec *r;
+
+    if (it == NULL || item == NULL || it->owner != getpid())
+        return PMAP_EINVAL;
+    if (it->held != NULL) {
+        release(it, it->held);
+        it->held = NULL;
+    }
+    for (;;) {
+        r = deliverable(it);
+        if (r != NULL) {
+            /* Keep the workers fed while buffered results are handed out. */
+            if (++it->since_pump >= PUMP_EVERY) {
+                it->since_pump = 0;
+                (void)step(it, 0);
+            }
+            it->held = r;
+            item->index = r->index;
+            item->status = r->status;
+            item->code = r->code;
+            item->len = r->status == PMAP_OK ? r->result.len : 0;
+            item->data = item->len ? r->result.data : NULL;
+            return PMAP_OK;
+        }
+        if (it->returned == it->generated && it->retry.head == NONE &&
+            (it->gen_state != G_RUNNING || it->stopped))
+            return it->fatal ? it->fatal : PMAP_DONE;
+        it->since_pump = 0;
+        (void)step(it, -1);
+    }
+}
+
+int pmap_iter_free(pmap_iter *it)
+{
+    int rc;
+    uint32_t i;
+
+    if (it == NULL)
+        return PMAP_OK;
+    rc = it->fatal;
+    if (it->owner == getpid()) {
+        /* Whatever is still running for this map is of no use any more. */
+        if (!it->stopped)
+            it->v.ops->cancel(it->v.be);
+        *it->v.iter_slot = NULL;
+    }
+    for (i = 0; i < it->window; i++) {
+        pmap__buf_free(&it->recs[i].param);
+        pmap__buf_free(&it->recs[i].result);
+    }
+    free(it->recs);
+    free(it->batch);
+    free(it);
+    return rc;
+}
