@@ -147,7 +147,9 @@ PMAP_API int pmap_buf_set(pmap_buf *buf, const void *data, size_t len);
 /**
  * Make the buffer exactly `len` bytes long and return a pointer to those
  * bytes for the caller to write, so a record can be built in place without
- * a copy. The previous contents are not preserved.
+ * a copy. The first min(previous length, len) bytes are kept, so a record
+ * may be reserved generously, written, then trimmed to its final length
+ * with a second call.
  *
  * Returns NULL, with the buffer left empty, if `len` exceeds
  * max_record_bytes (errno E2BIG), if memory ran out (ENOMEM) or if `buf` is

@@ -1,0 +1,96 @@
+/*
+ * Links the shared library and includes nothing but the public header: it
+ * proves that every public function is exported and usable on its own.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <pmap.h>
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+static int echo(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    unsigned char *p;
+
+    (void)ctx;
+    p = pmap_buf_reserve(out, len);
+    if (p == NULL)
+        return 1;
+    memcpy(p, param, len);
+    return 0;
+}
+
+struct count {
+    int next, n;
+};
+
+static int gen(void *ctx, pmap_buf *param)
+{
+    struct count *c = ctx;
+
+    if (c->next == c->n)
+        return 0;
+    c->next++;
+    return pmap_buf_set(param, &c->next, sizeof c->next) == PMAP_OK ? 1 : -1;
+}
+
+static void test_every_export(void **state)
+{
+    pmap_options opt;
+    pmap_pool *pool;
+    pmap_iter *it;
+    pmap_item item;
+    struct count c = {0, 50};
+    int rc, seen = 0, v;
+
+    (void)state;
+    assert_string_equal(pmap_version(), PMAP_VERSION_STRING);
+    assert_string_equal(pmap_strerror(12345), "unknown status");
+    assert_true(pmap_cpu_count() >= 1);
+    assert_int_equal(pmap_worker_id(), -1);
+    pmap_options_init(&opt);
+    opt.workers = 2;
+    pool = pmap_pool_create(echo, NULL, &opt);
+    assert_non_null(pool);
+
+    it = pmap_imap(pool, gen, &c);
+    assert_non_null(it);
+    while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+        assert_int_equal(item.status, PMAP_OK);
+        assert_int_equal(item.len, sizeof v);
+        memcpy(&v, item.data, sizeof v);
+        assert_int_equal(v, (int)item.index + 1);
+        seen++;
+    }
+    assert_int_equal(rc, PMAP_DONE);
+    assert_int_equal(seen, 50);
+    assert_int_equal(pmap_iter_free(it), PMAP_OK);
+
+    c.next = 0;
+    it = pmap_imap_unordered(pool, gen, &c);
+    assert_non_null(it);
+    seen = 0;
+    while (pmap_next(it, &item) == PMAP_OK)
+        seen++;
+    assert_int_equal(seen, 50);
+    assert_int_equal(pmap_iter_free(it), PMAP_OK);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    assert_int_equal(pmap_pool_destroy(NULL), PMAP_OK);
+    assert_int_equal(pmap_iter_free(NULL), PMAP_OK);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_export),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
