@@ -107,6 +107,7 @@ struct worker {
     int reaped; /* waitpid has collected it; its status is in rcode */
     int rcode;
     uint64_t deadline_ns;
+    uint64_t next_reap_ns; /* next look for an exit that no EOF announced */
     uint64_t sent;    /* records sent to this process */
     uint64_t recv;    /* results accepted */
     uint32_t pending; /* results of the current frame, accepted at its trailer */
@@ -486,6 +487,7 @@ static void worker_reset(struct worker *w)
     w->reaped = 0;
     w->rcode = -1;
     w->deadline_ns = 0;
+    w->next_reap_ns = 0;
     w->sent = 0;
     w->recv = 0;
     w->pending = 0;
@@ -1128,6 +1130,25 @@ static uint64_t check_deadlines(struct pmap_pool *p, uint64_t now)
             /* Poll for the exit often while it is due. */
             NEXT(now + 2000000u < w->deadline_ns ? now + 2000000u : w->deadline_ns);
             continue;
+        }
+        if (w->sent > w->recv || w->state != W_READY) {
+            /* EOF normally says a worker died, but a task's own child may
+             * hold the pipe open: look for the exit itself now and then. */
+            int code = -1;
+
+            if (now >= w->next_reap_ns) {
+                w->next_reap_ns = now + 1000000000u;
+                if (reap(w, 0, &code)) {
+                    read_worker(p, w, now);
+                    if (w->state != W_EMPTY) {
+                        pmap__close(&w->rx);
+                        w->pending = 0;
+                        finalize(p, w, code);
+                    }
+                    continue;
+                }
+            }
+            NEXT(w->next_reap_ns);
         }
         if (limit_ms && w->sent > w->recv) {
             struct shm_slot *s = &p->shm[w->id];
