@@ -82,6 +82,14 @@ void pmap__sigpipe_leave(struct pmap__sigpipe_guard *g);
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t pmap__now_ns(void);
 
+/* A number that changes in every child forked after the first call (a
+ * pthread_atfork child handler bumps it), so that "am I still the process
+ * that made this?" costs a load instead of a getpid() system call on the
+ * hot path. Returns 0 when the handler could not be installed: then the
+ * caller must ask getpid() every time. */
+unsigned pmap__fork_gen(void);
+extern volatile unsigned pmap__fork_gen_value;
+
 /* The registry of libpmap's descriptors, so that a new worker can close
  * every descriptor of every pool but its own. */
 void pmap__fdreg_lock(void);

@@ -339,3 +339,31 @@ uint64_t pmap__now_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Fork generation                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* Starts at 1 so that 0 can mean "no handler"; only ever grows, and only in
+ * a child, where the forking thread is the only one. */
+volatile unsigned pmap__fork_gen_value = 1;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static int fork_hooked;
+
+static void fork_child(void)
+{
+    unsigned v = pmap__fork_gen_value + 1u;
+
+    pmap__fork_gen_value = v ? v : 1u;
+}
+
+static void fork_hook(void)
+{
+    fork_hooked = pthread_atfork(NULL, NULL, fork_child) == 0;
+}
+
+unsigned pmap__fork_gen(void)
+{
+    (void)pthread_once(&fork_once, fork_hook);
+    return fork_hooked ? pmap__fork_gen_value : 0u;
+}

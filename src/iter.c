@@ -42,6 +42,7 @@ struct pmap_iter {
     pmap_pool *pool;
     struct pmap__pool_view v;
     pid_t owner;
+    unsigned fork_gen; /* pmap__fork_gen() at creation; 0: ask getpid() */
     pmap_gen_fn gen;
     void *gen_ctx;
     int ordered;
@@ -382,6 +383,7 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->pool = pool;
     it->v = v;
     it->owner = getpid();
+    it->fork_gen = pmap__fork_gen();
     it->gen = gen;
     it->gen_ctx = gen_ctx;
     it->ordered = ordered;
@@ -415,11 +417,20 @@ pmap_iter *pmap_imap_unordered(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx)
     return iter_new(pool, gen, gen_ctx, 0);
 }
 
+/* True in the process that created the iterator. No system call while no
+ * fork has happened since (pmap_next runs once per record). */
+static int is_owner(const struct pmap_iter *it)
+{
+    if (it->fork_gen != 0 && it->fork_gen == pmap__fork_gen_value)
+        return 1;
+    return it->owner == getpid();
+}
+
 int pmap_next(pmap_iter *it, pmap_item *item)
 {
     struct pmap__rec *r;
 
-    if (it == NULL || item == NULL || it->owner != getpid())
+    if (it == NULL || item == NULL || !is_owner(it))
         return PMAP_EINVAL;
     if (it->held != NULL) {
         release(it, it->held);
