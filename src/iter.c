@@ -211,14 +211,28 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     return r;
 }
 
+/* True when fewer than `n` records could be put in a batch now: no records
+ * to re-run and the window (or the generator) cannot supply n new ones. */
+static int batch_short(const struct pmap_iter *it, uint32_t n)
+{
+    if (it->retry.head != NONE)
+        return 0;
+    if (it->gen_state != G_RUNNING)
+        return 1;
+    return it->window - (it->generated - it->returned) < n;
+}
+
 /* Hand work to every worker that has room for it. */
 static int dispatch(struct pmap_iter *it)
 {
     const struct pmap__backend_ops *ops = it->v.ops;
     int nw = ops->nworkers(it->v.be);
     uint32_t chunk = chunk_size(it);
+    uint64_t busy = 0; /* records in flight on all workers */
     int k;
 
+    for (k = 0; k < nw; k++)
+        busy += ops->inflight(it->v.be, k);
     if (chunk > it->batch_cap) {
         struct pmap__rec **b = realloc(it->batch, (size_t)chunk * sizeof *b);
 
@@ -239,8 +253,18 @@ static int dispatch(struct pmap_iter *it)
 
             if (limit > room)
                 limit = room;
-            if (limit > target - infl)
-                limit = target - infl;
+            /* A worker that still has work gets whole batches only: topping
+             * it up with the few records just freed would turn one batch of
+             * `chunk` into many small ones, each paying a frame, a write, a
+             * read and a wakeup. Likewise no worker gets a short batch while
+             * the window is full of results the consumer has not taken yet
+             * (it is the bottleneck then, and small batches would only add
+             * to its work); once nothing is in flight anywhere, whatever
+             * the window allows goes out, so the map always moves. */
+            if (infl > 0 && limit > target - infl)
+                break;
+            if (busy > 0 && batch_short(it, limit))
+                break;
             while (n < limit) {
                 struct pmap__rec *r = q_pop(it, &it->retry);
 
@@ -261,6 +285,7 @@ static int dispatch(struct pmap_iter *it)
                 return rc;
             room -= n;
             infl += n;
+            busy += n;
         }
     }
     it->next_worker = (it->next_worker + 1) % nw;
