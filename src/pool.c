@@ -49,6 +49,10 @@
 #define FLUSH_BYTES (256u * 1024u)
 #define FLUSH_NS 2000000u
 #define BIG_RESULT (64u * 1024u)
+/* Worker side: a record whose task took less than SAMPLE_BELOW_NS is
+ * followed by SAMPLE_EVERY - 1 untimed ones (each counted at that time). */
+#define SAMPLE_BELOW_NS 4000u
+#define SAMPLE_EVERY 32u
 #define TERM_GRACE_NS 50000000u    /* SIGTERM -> SIGKILL for a timed-out worker */
 #define EXIT_WAIT_NS 1000000000u   /* EOF seen, process not yet gone -> SIGKILL */
 #define STOP_GRACE_NS 500000000u   /* pool_destroy: idle workers to exit on EOF */
@@ -162,6 +166,9 @@ struct wctx {
     uint64_t out_t0;    /* when the first result in `out` was finished */
     uint64_t out_task_ns;
     uint64_t rss_base, rss_next_check;
+    uint64_t last_ns;     /* the latest clock reading */
+    uint64_t est_ns;      /* task time of the latest timed record */
+    unsigned sample_left; /* untimed records before the next timed one */
     int retire;
 };
 
@@ -294,45 +301,61 @@ static int w_record_end(void *ud)
 {
     struct wctx *c = ud;
     struct pmap_pool *p = c->pool;
-    uint64_t t0, t1;
-    unsigned char rh[PMAP__REC_SIZE];
-    int rc;
+    uint64_t t0 = 0, t1 = 0, task_ns;
+    size_t need;
+    int rc, timed;
 
     c->seq++;
     if (c->retire)
         return 0; /* records after the decision to retire are not run */
-    t0 = pmap__now_ns();
-    atomic_store_explicit(&c->shm->start_ns, t0, memory_order_relaxed);
+    /* Reading the clock costs about as much as a tiny task, so records
+     * that are known to be cheap are timed one in SAMPLE_EVERY; a time
+     * limit needs every start time. */
+    timed = p->opt.task_timeout_ms != 0 || c->sample_left == 0;
+    if (timed) {
+        t0 = pmap__now_ns();
+        atomic_store_explicit(&c->shm->start_ns, t0, memory_order_relaxed);
+    }
     atomic_store_explicit(&c->shm->started, ++c->begun, memory_order_release);
     c->result.len = 0;
     rc = p->fn(p->ctx, c->param.data ? c->param.data : &empty_byte, c->param.len, &c->result);
-    t1 = pmap__now_ns();
-    atomic_store_explicit(&c->shm->start_ns, 0, memory_order_release);
-    if (c->out_count == 0)
-        c->out_t0 = t1;
-    if (rc != 0) {
-        pmap__rec_hdr(rh, PMAP__R_TASKERR, rc, 0);
-        if (pmap__buf_append(&c->out, rh, sizeof rh) != 0)
-            worker_exit(EXIT_IO);
-        c->out_count++;
-        c->out_task_ns += t1 - t0;
-    } else if (c->result.len >= BIG_RESULT) {
-        worker_flush(c);
-        worker_send_big(c, t1 - t0);
+    if (timed) {
+        t1 = pmap__now_ns();
+        atomic_store_explicit(&c->shm->start_ns, 0, memory_order_release);
+        c->last_ns = t1;
+        c->est_ns = t1 - t0;
+        c->sample_left = c->est_ns < SAMPLE_BELOW_NS ? SAMPLE_EVERY - 1u : 0u;
     } else {
-        pmap__rec_hdr(rh, PMAP__R_OK, 0, c->result.len);
-        if (pmap__buf_append(&c->out, rh, sizeof rh) != 0 ||
-            pmap__buf_append(&c->out, c->result.data, c->result.len) != 0)
-            worker_exit(EXIT_IO);
-        c->out_count++;
-        c->out_task_ns += t1 - t0;
+        c->sample_left--;
     }
-    if (c->out.len >= FLUSH_BYTES || (c->out_count && t1 - c->out_t0 >= FLUSH_NS))
+    task_ns = c->est_ns;
+    /* Untimed, the result was finished at the latest clock reading or
+     * after it: the flush below can only come early, never late. */
+    if (c->out_count == 0)
+        c->out_t0 = c->last_ns;
+    if (rc == 0 && c->result.len >= BIG_RESULT) {
+        worker_flush(c);
+        worker_send_big(c, task_ns);
+    } else {
+        size_t len = rc != 0 ? 0 : c->result.len;
+
+        need = c->out.len + PMAP__REC_SIZE + len;
+        if (need > c->out.cap && pmap__buf_reserve(&c->out, need) != 0)
+            worker_exit(EXIT_IO);
+        pmap__rec_hdr(c->out.data + c->out.len, rc != 0 ? PMAP__R_TASKERR : PMAP__R_OK, rc,
+                      len);
+        if (len)
+            memcpy(c->out.data + c->out.len + PMAP__REC_SIZE, c->result.data, len);
+        c->out.len = need;
+        c->out_count++;
+        c->out_task_ns += task_ns;
+    }
+    if (c->out.len >= FLUSH_BYTES || (timed && c->out_count && t1 - c->out_t0 >= FLUSH_NS))
         worker_flush(c);
     /* Keep a task's one-off huge result from pinning memory forever. */
     if (c->result.cap > ((size_t)64 << 20))
         pmap__buf_trim(&c->result, 0);
-    if (p->opt.max_worker_rss && t1 >= c->rss_next_check) {
+    if (p->opt.max_worker_rss && timed && t1 >= c->rss_next_check) {
         uint64_t rss = self_rss();
 
         c->rss_next_check = t1 + 10000000u;
