@@ -1314,6 +1314,10 @@ static void be_cancel(void *be)
 
         if (w->state == W_EMPTY)
             continue;
+        /* A recycled worker that owes us nothing is exiting on its own:
+         * killing it would lose what its tasks printed but had not flushed. */
+        if (w->state == W_DRAINING && w->sent == w->recv && pmap__decoder_idle(&w->dec))
+            continue;
         if (w->sent != w->recv || w->state == W_KILLED || w->state == W_EXITED ||
             w->state == W_DRAINING || !pmap__decoder_idle(&w->dec) || tx_pending(w))
             stop_now(p, w);
