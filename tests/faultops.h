@@ -35,7 +35,8 @@ enum fo_kind {
     FO_BIG,          /* a result of arg bytes (see fo_task) */
     FO_FIFOS,        /* value = open pipe descriptors >= 3 */
     FO_RAISE,        /* raise(arg), then echo */
-    FO_PRINTF        /* printf without flushing, write to fds 1 and 2, then echo */
+    FO_PRINTF,       /* printf without flushing (arg 0: also write to fds 1, 2), then echo */
+    FO_SLEEP_EXIT    /* sleep arg ms, then _exit(3) */
 };
 
 struct fo_op {
@@ -254,9 +255,14 @@ static inline int fo_task(void *ctx, const void *param, size_t len, pmap_buf *ou
         break;
     case FO_PRINTF:
         printf("task output %llu\n", (unsigned long long)op.index);
-        (void)!write(1, "noise on fd 1\n", 14);
-        (void)!write(2, "noise on fd 2\n", 14);
+        if (op.arg == 0) {
+            (void)!write(1, "noise on fd 1\n", 14);
+            (void)!write(2, "noise on fd 2\n", 14);
+        }
         break;
+    case FO_SLEEP_EXIT:
+        fo_sleep_ms(op.arg);
+        _exit(3);
     default:
         return 9997;
     }

@@ -545,5 +545,7 @@ int main(void)
         T(test_param_too_big),
     };
 
+    if (getenv("PMAP_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("PMAP_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
