@@ -320,6 +320,12 @@ static int step(struct pmap_iter *it, int timeout_ms)
     if (it->stopped)
         return 0;
     rc = dispatch(it);
+    /* The generator may have just ended (or failed) with nothing left
+     * alive: there is nothing to wait for then, and pump(-1) would block
+     * forever (empty input, or an end found only after the last item). */
+    if (rc == 0 && timeout_ms < 0 && it->returned == it->generated &&
+        it->retry.head == NONE && it->gen_state != G_RUNNING)
+        timeout_ms = 0;
     if (rc == 0)
         rc = it->v.ops->pump(it->v.be, timeout_ms, &it->sink);
     if (rc == 0 && timeout_ms != 0)
