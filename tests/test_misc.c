@@ -29,7 +29,7 @@
 
 /* Every status code of the contract, lowest to highest. */
 static const int all_codes[] = {
-    PMAP_OK,     PMAP_DONE,   PMAP_EINVAL,   PMAP_ENOMEM, PMAP_ESYS,  PMAP_ETASK,  PMAP_ECRASH,
+    PMAP_OK,       PMAP_DONE, PMAP_EINVAL,  PMAP_ENOMEM, PMAP_ESYS,  PMAP_ETASK,   PMAP_ECRASH,
     PMAP_ETIMEOUT, PMAP_EGEN, PMAP_ETOOBIG, PMAP_EPROTO, PMAP_EBUSY, PMAP_EWORKER,
 };
 #define NCODES (sizeof all_codes / sizeof all_codes[0])

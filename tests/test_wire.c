@@ -887,8 +887,8 @@ static void make_bad(struct bytes *b, enum bad_id id)
     case B_OK_WITH_CODE:
     case B_TASKERR_ZERO_CODE:
     case B_TASKERR_WITH_LEN: {
-        unsigned st = id == B_STATUS2      ? 2u
-                      : id == B_STATUS_MAX ? 0xffffffffu
+        unsigned st = id == B_STATUS2        ? 2u
+                      : id == B_STATUS_MAX   ? 0xffffffffu
                       : id == B_OK_WITH_CODE ? PMAP__R_OK
                                              : PMAP__R_TASKERR;
         int code = id == B_TASKERR_ZERO_CODE ? 0 : 7;
