@@ -993,15 +993,6 @@ static int seg_add(struct worker *w, const unsigned char *ext, size_t off, size_
     return 0;
 }
 
-static int tx_inline(struct worker *w, const void *data, size_t len)
-{
-    size_t off = w->txbuf.len;
-
-    if (pmap__buf_append(&w->txbuf, data, len) != 0)
-        return PMAP_ENOMEM;
-    return seg_add(w, NULL, off, len);
-}
-
 static int fifo_reserve(struct worker *w, uint32_t more)
 {
     uint64_t need = w->sent - w->recv + more;
@@ -1032,7 +1023,8 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     struct pmap_pool *p = be;
     struct worker *w = &p->w[i];
     struct pmap__frame f;
-    unsigned char hdr[PMAP__HDR_SIZE], rh[PMAP__REC_SIZE], trl[PMAP__TRL_SIZE];
+    unsigned char *out;
+    size_t inl = PMAP__HDR_SIZE + PMAP__TRL_SIZE, start, pos;
     uint32_t k;
     int rc;
 
@@ -1048,24 +1040,45 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     f.seq = (uint32_t)w->sent;
     f.bytes = 0;
     f.aux = 0;
-    for (k = 0; k < n; k++)
-        f.bytes += PMAP__REC_SIZE + recs[k]->param.len;
-    pmap__frame_hdr(hdr, &f);
-    pmap__frame_trl(trl, &f);
-    rc = tx_inline(w, hdr, sizeof hdr);
-    for (k = 0; k < n && rc == 0; k++) {
+    for (k = 0; k < n; k++) {
+        size_t len = recs[k]->param.len;
+
+        f.bytes += PMAP__REC_SIZE + len;
+        inl += PMAP__REC_SIZE + (len <= INLINE_MAX ? len : 0);
+    }
+    /* One reservation for the whole frame, then the headers and the small
+     * parameters are written in place; a large parameter is a segment of
+     * its own, written from the record without a copy. On ENOMEM the map
+     * fails as a whole and cancel() cleans up. */
+    if (inl > SIZE_MAX - w->txbuf.len || pmap__buf_reserve(&w->txbuf, w->txbuf.len + inl) != 0)
+        return PMAP_ENOMEM;
+    out = w->txbuf.data;
+    start = pos = w->txbuf.len;
+    w->txbuf.len += inl;
+    pmap__frame_hdr(out + pos, &f);
+    pos += PMAP__HDR_SIZE;
+    for (k = 0; k < n; k++) {
         const struct pmap_buf *b = &recs[k]->param;
 
-        pmap__rec_hdr(rh, PMAP__R_OK, 0, b->len);
-        rc = tx_inline(w, rh, sizeof rh);
-        if (rc == 0 && b->len > 0)
-            rc = b->len <= INLINE_MAX ? tx_inline(w, b->data, b->len)
-                                      : seg_add(w, b->data, 0, b->len);
+        pmap__rec_hdr(out + pos, PMAP__R_OK, 0, b->len);
+        pos += PMAP__REC_SIZE;
+        if (b->len > INLINE_MAX) {
+            rc = seg_add(w, NULL, start, pos - start);
+            if (rc == 0)
+                rc = seg_add(w, b->data, 0, b->len);
+            if (rc != 0)
+                return rc;
+            start = pos;
+        } else if (b->len > 0) {
+            memcpy(out + pos, b->data, b->len);
+            pos += b->len;
+        }
     }
-    if (rc == 0)
-        rc = tx_inline(w, trl, sizeof trl);
+    pmap__frame_trl(out + pos, &f);
+    pos += PMAP__TRL_SIZE;
+    rc = seg_add(w, NULL, start, pos - start);
     if (rc != 0)
-        return rc; /* ENOMEM: the map fails as a whole; cancel() cleans up */
+        return rc;
     for (k = 0; k < n; k++)
         w->fifo[(w->sent + k) & (w->fifo_cap - 1)] = recs[k];
     w->sent += n;
