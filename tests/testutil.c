@@ -33,7 +33,7 @@ int tu_child_count(void)
 {
     /* /proc/<pid>/task/<tid>/children lists the children of each thread;
      * the process's children are the union over its threads. */
-    char path[64];
+    char path[320]; /* "/proc/self/task/" + a d_name of up to 255 bytes */
     DIR *d;
     struct dirent *e;
     int n = 0;
