@@ -11,6 +11,7 @@
 
 #include <stdint.h>
 #include <stddef.h>
+#include <string.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -46,6 +47,31 @@ int pmap__buf_append(struct pmap_buf *b, const void *data, size_t len);
 /* Release the storage if it grew past `keep` bytes; empty the buffer. */
 void pmap__buf_trim(struct pmap_buf *b, size_t keep);
 void pmap__buf_free(struct pmap_buf *b);
+
+/* memcpy for records that are usually a few bytes: fixed-size moves the
+ * compiler inlines, instead of a library call per record. No overlap. */
+static inline void pmap__copy(void *dst, const void *src, size_t n)
+{
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+
+    if (n >= 8 && n <= 16) {
+        memcpy(d, s, 8);
+        memcpy(d + n - 8, s + n - 8, 8);
+    } else if (n >= 4 && n < 8) {
+        memcpy(d, s, 4);
+        memcpy(d + n - 4, s + n - 4, 4);
+    } else if (n < 4) {
+        if (n > 0)
+            d[0] = s[0];
+        if (n > 1)
+            d[1] = s[1];
+        if (n > 2)
+            d[2] = s[2];
+    } else {
+        memcpy(d, s, n);
+    }
+}
 
 /* ------------------------------------------------------------------------ */
 /* System helpers (io.c)                                                    */

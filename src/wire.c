@@ -106,10 +106,9 @@ static int fail(struct pmap__decoder *d, int rc)
     return rc;
 }
 
-/* Parse and validate a complete header in d->tmp. */
-static int parse_hdr(struct pmap__decoder *d)
+/* Parse and validate a complete header at h (in the input or d->tmp). */
+static int parse_hdr(struct pmap__decoder *d, const unsigned char *h)
 {
-    const unsigned char *h = d->tmp;
     uint32_t kv = get32(h + 4);
     struct pmap__frame f;
     int rc;
@@ -144,9 +143,8 @@ static int parse_hdr(struct pmap__decoder *d)
     return 0;
 }
 
-static int parse_rec(struct pmap__decoder *d)
+static int parse_rec(struct pmap__decoder *d, const unsigned char *r)
 {
-    const unsigned char *r = d->tmp;
     uint32_t status = get32(r);
     int code;
     uint64_t len = get64(r + 8);
@@ -183,13 +181,13 @@ static int end_rec(struct pmap__decoder *d)
     return 0;
 }
 
-static int parse_trl(struct pmap__decoder *d)
+static int parse_trl(struct pmap__decoder *d, const unsigned char *t)
 {
     unsigned char want[PMAP__TRL_SIZE];
     int rc;
 
     pmap__frame_trl(want, &d->f);
-    if (memcmp(want, d->tmp, PMAP__TRL_SIZE) != 0)
+    if (memcmp(want, t, PMAP__TRL_SIZE) != 0)
         return fail(d, PMAP_EPROTO);
     d->state = S_HDR;
     rc = d->ops->frame_end(d->ud, &d->f);
@@ -198,9 +196,43 @@ static int parse_trl(struct pmap__decoder *d)
     return 0;
 }
 
+/* Records that lie whole in the input one after another (the common case
+ * of small records) are decoded here without going round the state
+ * machine for each piece. Stops at the first record that is not whole, at
+ * the end of the frame's records, or on an error, which it returns. */
+static int whole_records(struct pmap__decoder *d, const unsigned char **pp, size_t *pn)
+{
+    const unsigned char *p = *pp;
+    size_t n = *pn;
+    int rc = 0;
+
+    while (n >= PMAP__REC_SIZE) {
+        uint64_t len = get64(p + 8);
+
+        if (len > n - PMAP__REC_SIZE)
+            break;
+        rc = parse_rec(d, p);
+        if (rc != 0)
+            break;
+        if (len)
+            pmap__copy(d->dst, p + PMAP__REC_SIZE, (size_t)len);
+        d->dst += len;
+        d->data_left = 0;
+        p += PMAP__REC_SIZE + (size_t)len;
+        n -= PMAP__REC_SIZE + (size_t)len;
+        rc = end_rec(d);
+        if (rc != 0 || d->state != S_REC)
+            break;
+    }
+    *pp = p;
+    *pn = n;
+    return rc;
+}
+
 int pmap__decode(struct pmap__decoder *d, const unsigned char *p, size_t n)
 {
     while (n > 0) {
+        const unsigned char *h;
         size_t need, take;
         int rc;
 
@@ -208,7 +240,7 @@ int pmap__decode(struct pmap__decoder *d, const unsigned char *p, size_t n)
         case S_DATA:
             take = d->data_left < n ? (size_t)d->data_left : n;
             if (take) {
-                memcpy(d->dst, p, take);
+                pmap__copy(d->dst, p, take);
                 d->dst += take;
                 d->data_left -= take;
                 p += take;
@@ -222,23 +254,41 @@ int pmap__decode(struct pmap__decoder *d, const unsigned char *p, size_t n)
         default:
             break;
         }
+        if (d->state == S_REC && d->tmp_len == 0 && n >= PMAP__REC_SIZE) {
+            size_t before = n;
+
+            rc = whole_records(d, &p, &n);
+            if (rc != 0)
+                return rc;
+            if (n != before)
+                continue;
+        }
         need = d->state == S_HDR ? PMAP__HDR_SIZE
                : d->state == S_REC ? PMAP__REC_SIZE
                                    : PMAP__TRL_SIZE;
-        take = need - d->tmp_len < n ? need - d->tmp_len : n;
-        memcpy(d->tmp + d->tmp_len, p, take);
-        d->tmp_len += take;
-        p += take;
-        n -= take;
-        if (d->tmp_len < need)
-            break;
-        d->tmp_len = 0;
+        if (d->tmp_len == 0 && n >= need) {
+            /* The common case: the whole piece is in the input; parse it
+             * where it is instead of gathering it byte by byte. */
+            h = p;
+            p += need;
+            n -= need;
+        } else {
+            take = need - d->tmp_len < n ? need - d->tmp_len : n;
+            memcpy(d->tmp + d->tmp_len, p, take);
+            d->tmp_len += take;
+            p += take;
+            n -= take;
+            if (d->tmp_len < need)
+                break;
+            d->tmp_len = 0;
+            h = d->tmp;
+        }
         if (d->state == S_HDR)
-            rc = parse_hdr(d);
+            rc = parse_hdr(d, h);
         else if (d->state == S_REC)
-            rc = parse_rec(d);
+            rc = parse_rec(d, h);
         else
-            rc = parse_trl(d);
+            rc = parse_trl(d, h);
         if (rc != 0)
             return rc;
         /* A zero-length payload completes at once. */
