@@ -1220,7 +1220,7 @@ static int be_pump(void *be, int timeout_ms, const struct pmap__sink *sink)
     struct pmap_pool *p = be;
     struct pmap__sigpipe_guard g;
     uint64_t now = pmap__now_ns(), next;
-    int i, nfds = 0, rc;
+    int i, nfds = 0, rc, empty;
 
     p->sink = sink;
     p->fatal = 0;
@@ -1235,7 +1235,15 @@ static int be_pump(void *be, int timeout_ms, const struct pmap__sink *sink)
     for (i = 0; i < p->nworkers; i++)
         if (p->w[i].tx >= 0 && tx_pending(&p->w[i]))
             write_worker(p, &p->w[i], &g);
+    for (i = 0, empty = 0; i < p->nworkers; i++)
+        empty += p->w[i].state == W_EMPTY;
     next = check_deadlines(p, now);
+    /* A worker settled just now (its records reported or queued again, its
+     * place free): the iterator has work at once, so do not sleep. */
+    for (i = 0; i < p->nworkers; i++)
+        empty -= p->w[i].state == W_EMPTY;
+    if (empty < 0)
+        timeout_ms = 0;
     if (sink != NULL && p->spawn_after_ns > now) {
         for (i = 0; i < p->nworkers; i++)
             if (p->w[i].state == W_EMPTY && (next == 0 || p->spawn_after_ns < next))
