@@ -151,6 +151,46 @@ static void test_timeout_resisting_sigterm(void **state)
     tu_snap_check(&snap);
 }
 
+/* A timed-out worker whose end is noticed just before the caller would wait
+ * (all other workers idle, its other records queued to run again, a small
+ * window) must not leave the caller waiting for ever. */
+static void test_timeout_small_window(void **state)
+{
+    enum { N = 40, LIMIT = 100 };
+    struct tu_snap snap;
+    pmap_options opt;
+    pmap_pool *pool;
+    struct fo_plan *pl = fo_plan_new(N, FO_ECHO, 0);
+    struct fo_got got[N];
+    uint64_t i;
+    int round, rounds = fo_quick() ? 6 : 30;
+
+    (void)state;
+    tu_snap_take(&snap);
+    fo_opts(&opt, 3, 16);
+    opt.window = 4;
+    opt.task_timeout_ms = LIMIT;
+    pool = fo_pool(&opt);
+    for (round = 0; round < rounds; round++) {
+        uint64_t stuck = (uint64_t)(round * 7) % N;
+
+        for (i = 0; i < N; i++)
+            pl->ops[i].kind = FO_ECHO;
+        pl->ops[stuck].kind = FO_SLEEP;
+        pl->ops[stuck].arg = 20000;
+        assert_int_equal(fo_run(pool, pl, round % 2, got, UINT64_MAX, NULL), PMAP_DONE);
+        for (i = 0; i < N; i++) {
+            if (i == stuck)
+                assert_int_equal(got[i].status, PMAP_ETIMEOUT);
+            else
+                assert_true(fo_ok(&got[i], i));
+        }
+    }
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    fo_plan_free(pl);
+    tu_snap_check(&snap);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Recycling                                                                */
 /* ------------------------------------------------------------------------ */
@@ -535,6 +575,7 @@ int main(void)
         T(test_timeout_one_item),
         T(test_timeout_is_per_item),
         T(test_timeout_resisting_sigterm),
+        T(test_timeout_small_window),
         T(test_max_tasks_per_worker),
         T(test_max_worker_rss),
         T(test_crash_loop_breaker),
