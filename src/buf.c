@@ -79,6 +79,12 @@ void pmap__buf_free(struct pmap_buf *b)
 
 void *pmap_buf_reserve(pmap_buf *buf, size_t len)
 {
+    /* The common case, once per record in generators and tasks: the
+     * buffer is already large enough (cap > 0 means data is not NULL). */
+    if (buf != NULL && len <= buf->cap && len <= buf->max && buf->cap != 0) {
+        buf->len = len;
+        return buf->data;
+    }
     if (buf == NULL) {
         errno = EINVAL;
         return NULL;
@@ -109,6 +115,6 @@ int pmap_buf_set(pmap_buf *buf, const void *data, size_t len)
     if (p == NULL)
         return errno == E2BIG ? PMAP_ETOOBIG : PMAP_ENOMEM;
     if (len)
-        memcpy(p, data, len);
+        pmap__copy(p, data, len);
     return PMAP_OK;
 }

@@ -51,6 +51,8 @@ struct pmap_iter {
     uint64_t generated; /* records the generator produced */
     uint64_t returned;  /* records pmap_next handed out (and released) */
     uint64_t next_out;  /* input order: index of the next record to return */
+    uint32_t gen_slot;  /* input order: slot of record `generated` (no division per record) */
+    uint32_t out_slot;  /* input order: slot of record `next_out` */
     uint64_t live_bytes;
     uint32_t free_head; /* completion order: free slots */
     struct queue retry; /* records to run (again) before new ones */
@@ -182,7 +184,7 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     if (it->v.window_auto && it->live_bytes > AUTO_BYTES && it->generated > it->returned)
         return NULL;
     if (it->ordered) {
-        slot = (uint32_t)(it->generated % it->window);
+        slot = it->gen_slot;
     } else {
         slot = it->free_head;
         if (slot == NONE)
@@ -200,6 +202,8 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     }
     if (!it->ordered)
         it->free_head = r->next;
+    else if (++it->gen_slot == it->window)
+        it->gen_slot = 0;
     r->next = NONE;
     r->index = it->generated++;
     r->state = R_FLIGHT;
@@ -343,11 +347,17 @@ static void release(struct pmap_iter *it, struct pmap__rec *r)
 {
     it->live_bytes -= r->param.len + r->result.len;
     r->state = R_FREE;
-    pmap__buf_trim(&r->param, PMAP__KEEP_BYTES);
-    pmap__buf_trim(&r->result, PMAP__KEEP_BYTES);
+    r->param.len = 0;
+    r->result.len = 0;
+    if (r->param.cap > PMAP__KEEP_BYTES)
+        pmap__buf_trim(&r->param, PMAP__KEEP_BYTES);
+    if (r->result.cap > PMAP__KEEP_BYTES)
+        pmap__buf_trim(&r->result, PMAP__KEEP_BYTES);
     it->returned++;
     if (it->ordered) {
         it->next_out++;
+        if (++it->out_slot == it->window)
+            it->out_slot = 0;
     } else {
         r->next = it->free_head;
         it->free_head = slot_of(it, r);
@@ -360,7 +370,7 @@ static struct pmap__rec *deliverable(struct pmap_iter *it)
 
     if (it->ordered) {
         while (it->next_out < it->generated) {
-            r = &it->recs[it->next_out % it->window];
+            r = &it->recs[it->out_slot];
             if (r->state == R_DONE)
                 return r;
             if (r->state != R_LOST)
