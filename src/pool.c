@@ -291,7 +291,7 @@ static unsigned char *w_record(void *ud, unsigned status, int code, uint64_t len
     (void)status;
     (void)code;
     c->param.len = 0;
-    if (pmap__buf_reserve(&c->param, (size_t)len) != 0)
+    if (len > c->param.cap && pmap__buf_reserve(&c->param, (size_t)len) != 0)
         return NULL;
     c->param.len = (size_t)len;
     return c->param.data ? c->param.data : &empty_byte;
@@ -345,7 +345,7 @@ static int w_record_end(void *ud)
         pmap__rec_hdr(c->out.data + c->out.len, rc != 0 ? PMAP__R_TASKERR : PMAP__R_OK, rc,
                       len);
         if (len)
-            memcpy(c->out.data + c->out.len + PMAP__REC_SIZE, c->result.data, len);
+            pmap__copy(c->out.data + c->out.len + PMAP__REC_SIZE, c->result.data, len);
         c->out.len = need;
         c->out_count++;
         c->out_task_ns += task_ns;
@@ -799,7 +799,7 @@ static unsigned char *c_record(void *ud, unsigned status, int code, uint64_t len
     r->result.len = 0;
     if (len == 0)
         return &empty_byte;
-    if (pmap__buf_reserve(&r->result, (size_t)len) != 0) {
+    if (len > r->result.cap && pmap__buf_reserve(&r->result, (size_t)len) != 0) {
         w->pool->fatal = PMAP_ENOMEM;
         return NULL;
     }
@@ -1070,7 +1070,7 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
                 return rc;
             start = pos;
         } else if (b->len > 0) {
-            memcpy(out + pos, b->data, b->len);
+            pmap__copy(out + pos, b->data, b->len);
             pos += b->len;
         }
     }
