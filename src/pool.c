@@ -855,14 +855,17 @@ static void read_worker(struct pmap_pool *p, struct worker *w, uint64_t now)
     while (budget > 0 && w->rx >= 0) {
         uint64_t want;
         unsigned char *direct = pmap__decoder_direct(&w->dec, &want);
+        size_t asked;
         long n;
         int rc;
 
         if (direct != NULL && want >= STAGE_SIZE) {
-            n = pmap__read_once(w->rx, direct, want > (1u << 24) ? (1u << 24) : (size_t)want);
+            asked = want > (1u << 24) ? (1u << 24) : (size_t)want;
+            n = pmap__read_once(w->rx, direct, asked);
             rc = n > 0 ? pmap__decode_direct(&w->dec, (size_t)n) : 0;
         } else {
-            n = pmap__read_once(w->rx, w->stage, STAGE_SIZE);
+            asked = STAGE_SIZE;
+            n = pmap__read_once(w->rx, w->stage, asked);
             rc = n > 0 ? pmap__decode(&w->dec, w->stage, (size_t)n) : 0;
         }
         if (n == -1)
@@ -884,6 +887,11 @@ static void read_worker(struct pmap_pool *p, struct worker *w, uint64_t now)
             try_finish(p, w, now);
             return;
         }
+        /* A pipe read returns less than asked only when the pipe ran
+         * empty: the next poll() tells when there is more, which saves
+         * the read that would only say EAGAIN. */
+        if ((size_t)n < asked)
+            return;
         budget = (size_t)n >= budget ? 0 : budget - (size_t)n;
     }
 }
@@ -1220,7 +1228,7 @@ static int be_pump(void *be, int timeout_ms, const struct pmap__sink *sink)
     struct pmap_pool *p = be;
     struct pmap__sigpipe_guard g;
     uint64_t now = pmap__now_ns(), next;
-    int i, nfds = 0, rc, empty;
+    int i, nfds = 0, rc, empty, guarded;
 
     p->sink = sink;
     p->fatal = 0;
@@ -1229,12 +1237,20 @@ static int be_pump(void *be, int timeout_ms, const struct pmap__sink *sink)
         if (rc != 0)
             return rc;
     }
-    /* SIGPIPE stays blocked for the whole pump: a worker may die while we
-     * write to it, and the host must never see the signal. */
-    pmap__sigpipe_enter(&g);
-    for (i = 0; i < p->nworkers; i++)
-        if (p->w[i].tx >= 0 && tx_pending(&p->w[i]))
+    /* SIGPIPE is blocked from the first write to the end of the pump: a
+     * worker may die while we write to it, and the host must never see
+     * the signal. A pump with nothing to write (most of them while results
+     * are delivered) skips the three system calls of the guard. */
+    guarded = 0;
+    for (i = 0; i < p->nworkers; i++) {
+        if (p->w[i].tx >= 0 && tx_pending(&p->w[i])) {
+            if (!guarded) {
+                pmap__sigpipe_enter(&g);
+                guarded = 1;
+            }
             write_worker(p, &p->w[i], &g);
+        }
+    }
     for (i = 0, empty = 0; i < p->nworkers; i++)
         empty += p->w[i].state == W_EMPTY;
     next = check_deadlines(p, now);
@@ -1275,7 +1291,8 @@ static int be_pump(void *be, int timeout_ms, const struct pmap__sink *sink)
     if (nfds > 0 || timeout_ms >= 0) {
         rc = poll(p->pfd, (nfds_t)nfds, timeout_ms);
         if (rc < 0 && errno != EINTR) {
-            pmap__sigpipe_leave(&g);
+            if (guarded)
+                pmap__sigpipe_leave(&g);
             return PMAP_ESYS;
         }
     }
@@ -1285,12 +1302,18 @@ static int be_pump(void *be, int timeout_ms, const struct pmap__sink *sink)
 
         if (p->pfd[i].revents == 0)
             continue;
-        if (p->pfd[i].fd == w->rx && w->rx >= 0)
+        if (p->pfd[i].fd == w->rx && w->rx >= 0) {
             read_worker(p, w, now);
-        else if (p->pfd[i].fd == w->tx && w->tx >= 0)
+        } else if (p->pfd[i].fd == w->tx && w->tx >= 0) {
+            if (!guarded) {
+                pmap__sigpipe_enter(&g);
+                guarded = 1;
+            }
             write_worker(p, w, &g);
+        }
     }
-    pmap__sigpipe_leave(&g);
+    if (guarded)
+        pmap__sigpipe_leave(&g);
     if (p->fatal)
         return p->fatal;
     (void)check_deadlines(p, pmap__now_ns());
