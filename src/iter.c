@@ -232,11 +232,13 @@ static int dispatch(struct pmap_iter *it)
     const struct pmap__backend_ops *ops = it->v.ops;
     int nw = ops->nworkers(it->v.be);
     uint32_t chunk = chunk_size(it);
-    uint64_t busy = 0; /* records in flight on all workers */
+    /* The smallest batch worth waiting for: a whole one, unless the window
+     * is too small to give every worker whole batches. */
+    uint32_t whole = it->window / ((uint32_t)nw * (DEPTH + 1u));
     int k;
 
-    for (k = 0; k < nw; k++)
-        busy += ops->inflight(it->v.be, k);
+    if (whole < 1)
+        whole = 1;
     if (chunk > it->batch_cap) {
         struct pmap__rec **b = realloc(it->batch, (size_t)chunk * sizeof *b);
 
@@ -261,13 +263,14 @@ static int dispatch(struct pmap_iter *it)
              * it up with the few records just freed would turn one batch of
              * `chunk` into many small ones, each paying a frame, a write, a
              * read and a wakeup. Likewise no worker gets a short batch while
-             * the window is full of results the consumer has not taken yet
-             * (it is the bottleneck then, and small batches would only add
-             * to its work); once nothing is in flight anywhere, whatever
-             * the window allows goes out, so the map always moves. */
+             * records are alive (in flight, or results the consumer has not
+             * taken yet: it is the bottleneck then, and small batches would
+             * only add to its work). With nothing alive the window is empty
+             * and a whole batch always fits, so the map always moves. */
             if (infl > 0 && limit > target - infl)
                 break;
-            if (busy > 0 && batch_short(it, limit))
+            if (it->generated > it->returned &&
+                batch_short(it, limit < whole ? limit : whole))
                 break;
             while (n < limit) {
                 struct pmap__rec *r = q_pop(it, &it->retry);
@@ -289,7 +292,6 @@ static int dispatch(struct pmap_iter *it)
                 return rc;
             room -= n;
             infl += n;
-            busy += n;
         }
     }
     it->next_worker = (it->next_worker + 1) % nw;
