@@ -6,6 +6,7 @@
  * process (SIGPIPE, closed stdio, caller death) run in a forked copy of the
  * test that reports through its exit status.
  */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #define _POSIX_C_SOURCE 200809L
 
 #include <setjmp.h>
@@ -22,6 +23,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -298,8 +300,10 @@ static int sigpipe_pending(void)
     return sigismember(&p, SIGPIPE);
 }
 
-/* A worker dies while the caller is writing a 32 MiB record to it: item 0
- * sleeps then exits, item 1 (big) is stuck in the full pipe behind it. */
+/* A worker dies while the caller is writing a 32 MiB record to it: items 0
+ * and 1 travel in one batch; the worker starts item 0 as soon as it has
+ * it, sleeps and exits while the caller is still pushing item 1 (32 MiB,
+ * far more than a pipe holds) after it. */
 static const struct hrec pipe_plan[] = {
     {FO_SLEEP_EXIT, 300, 0},
     {0, 0, (size_t)32 << 20},
@@ -309,7 +313,7 @@ static const struct hrec pipe_plan[] = {
 /* Runs pipe_plan; 0 when every item is as expected. */
 static int run_pipe_plan(void)
 {
-    pmap_pool *pool = host_pool(1, 1, 0);
+    pmap_pool *pool = host_pool(1, 2, 0);
     struct hgen g = {pipe_plan, 3, 0};
     pmap_iter *it;
     pmap_item item;
@@ -695,6 +699,22 @@ static void test_eintr_storm(void **state)
         assert_int_equal(got, n);
         assert_int_equal(bad, 0);
     }
+    /* Early frees under the storm: busy workers are killed and reaped
+     * with blocking waits that the signals interrupt. */
+    for (i = 0; i < (fo_quick() ? 5u : 25u); i++) {
+        static const struct hrec slow[] = {
+            {FO_ECHO, 0, 0}, {FO_SLEEP, 5000, 0}, {FO_SLEEP, 5000, 0}, {FO_SLEEP, 5000, 0}};
+        struct hgen g = {slow, 4, 0};
+        pmap_iter *it = pmap_imap(pool, hgen_next, &g);
+        pmap_item item;
+
+        assert_non_null(it);
+        assert_int_equal(pmap_next(it, &item), PMAP_OK);
+        assert_true(hrec_ok(&slow[0], &item));
+        assert_int_equal(pmap_iter_free(it), PMAP_OK);
+        /* Killed workers were reaped, not left as zombies. */
+        assert_true(tu_child_count() <= snap.children + 2);
+    }
     /* Creating and destroying pools under the storm too. */
     assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
     for (i = 0; i < 5; i++) {
@@ -736,21 +756,34 @@ static int pid_gone(pid_t pid)
     return p != NULL && (p[2] == 'Z' || p[2] == 'X');
 }
 
-/* The caller: a pool of two workers busy with 10 s tasks, which report
- * their pids through report_fd before they start sleeping. */
+/* Every worker reports its pid when it starts. */
+static int report_init(void *ctx)
+{
+    int64_t pid = -(int64_t)getpid();
+
+    (void)ctx;
+    return write(report_fd, &pid, sizeof pid) == (ssize_t)sizeof pid ? 0 : 1;
+}
+
+/* The caller: a pool of two workers whose pids are reported (negative) by
+ * worker_init; then a map of 10 s tasks, each reporting its pid (positive)
+ * as it starts. */
 static int doomed_caller(void *arg)
 {
-    /* Each worker takes two records at first: both start a 10 s task. */
     static const struct hrec plan[] = {{H_REPORT_SLEEP, 10000, 0},
                                        {H_REPORT_SLEEP, 10000, 0},
                                        {H_REPORT_SLEEP, 10000, 0},
                                        {H_REPORT_SLEEP, 10000, 0}};
     struct hgen g = {plan, 4, 0};
-    pmap_pool *pool = host_pool(2, 1, 0);
+    pmap_options opt;
+    pmap_pool *pool;
     pmap_iter *it;
     pmap_item item;
 
     (void)arg;
+    fo_opts(&opt, 2, 1);
+    opt.worker_init = report_init;
+    pool = pmap_pool_create(host_task, NULL, &opt);
     if (pool == NULL)
         return 1;
     it = pmap_imap(pool, hgen_next, &g);
@@ -765,10 +798,10 @@ static void test_caller_death(void **state)
 {
     struct tu_snap snap;
     int fds[2];
-    int64_t pids[2];
-    size_t got = 0;
+    int64_t pids[2] = {0, 0}, v;
+    int nstart = 0, nbusy = 0, k;
     pid_t caller, r;
-    int st, k;
+    int st;
     uint64_t t0, ms;
 
     (void)state;
@@ -784,21 +817,33 @@ static void test_caller_death(void **state)
     }
     close(fds[1]);
     report_fd = -1;
-    while (got < sizeof pids) {
+    /* Both workers started, and at least one is inside a 10 s task. */
+    while (nstart < 2 || nbusy < 1) {
         struct pollfd pfd = {fds[0], POLLIN, 0};
-        ssize_t n;
+        size_t got = 0;
 
         assert_true(poll(&pfd, 1, 20000) == 1);
-        n = read(fds[0], (char *)pids + got, sizeof pids - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        assert_true(n > 0);
-        got += (size_t)n;
+        while (got < sizeof v) {
+            ssize_t n = read(fds[0], (char *)&v + got, sizeof v - got);
+
+            if (n < 0 && errno == EINTR)
+                continue;
+            assert_true(n > 0);
+            got += (size_t)n;
+        }
+        if (v < 0) {
+            assert_true(nstart < 2);
+            pids[nstart++] = -v;
+        } else {
+            assert_true(v == pids[0] || v == pids[1]);
+            nbusy++;
+        }
     }
     close(fds[0]);
     for (k = 0; k < 2; k++)
         assert_false(pid_gone((pid_t)pids[k]));
-    /* The caller dies in the middle of the two 10 s tasks. */
+    /* The caller dies while its workers are idle or in the middle of a
+     * 10 s task. */
     assert_int_equal(kill(caller, SIGKILL), 0);
     do {
         r = waitpid(caller, &st, 0);
@@ -821,11 +866,38 @@ static void test_caller_death(void **state)
     tu_snap_check(&snap);
 }
 
+/* Pids of a pool's workers as they start, by worker id (shared memory, so
+ * that the record does not depend on which worker runs which records). */
+static _Atomic int64_t *start_pids;
+
+static int record_pid_init(void *ctx)
+{
+    int id = pmap_worker_id();
+
+    (void)ctx;
+    if (id >= 0 && id < 8)
+        atomic_store(&start_pids[id], (int64_t)getpid());
+    return 0;
+}
+
+static void start_pids_map(void)
+{
+    start_pids = mmap(NULL, 8 * sizeof *start_pids, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(start_pids != MAP_FAILED);
+    memset((void *)start_pids, 0, 8 * sizeof *start_pids);
+}
+
+static void start_pids_unmap(void)
+{
+    munmap((void *)start_pids, 8 * sizeof *start_pids);
+    start_pids = NULL;
+}
+
 /* A pool created in a thread that has ended keeps its workers. */
 struct thread_pool {
     pmap_pool *pool;
-    int64_t pids[8];
-    int npids;
+    int ok;
 };
 
 static void *make_pool_thread(void *arg)
@@ -834,20 +906,11 @@ static void *make_pool_thread(void *arg)
     struct fo_plan *pl = fo_plan_new(8, FO_SLEEP, 20);
     struct fo_got got[8];
     pmap_options opt;
-    uint64_t i;
 
     fo_opts(&opt, 2, 1);
+    opt.worker_init = record_pid_init;
     tp->pool = pmap_pool_create(fo_task, NULL, &opt);
-    if (tp->pool != NULL && fo_run(tp->pool, pl, 1, got, UINT64_MAX, NULL) == PMAP_DONE) {
-        for (i = 0; i < 8; i++) {
-            int k;
-
-            for (k = 0; k < tp->npids && tp->pids[k] != got[i].res.pid; k++)
-                ;
-            if (k == tp->npids && fo_ok(&got[i], i))
-                tp->pids[tp->npids++] = got[i].res.pid;
-        }
-    }
+    tp->ok = tp->pool != NULL && fo_run(tp->pool, pl, 1, got, UINT64_MAX, NULL) == PMAP_DONE;
     fo_plan_free(pl);
     return NULL;
 }
@@ -859,25 +922,33 @@ static void test_pool_outlives_thread(void **state)
     struct thread_pool tp;
     struct fo_plan *pl = fo_plan_new(N, FO_SLEEP, 2);
     struct fo_got got[N];
+    int64_t pids[2];
     pthread_t th;
     uint64_t i;
 
     (void)state;
     tu_snap_take(&snap);
+    start_pids_map();
     memset(&tp, 0, sizeof tp);
     assert_int_equal(pthread_create(&th, NULL, make_pool_thread, &tp), 0);
     assert_int_equal(pthread_join(th, NULL), 0);
     assert_non_null(tp.pool);
-    assert_int_equal(tp.npids, 2);
+    assert_true(tp.ok);
+    pids[0] = atomic_load(&start_pids[0]);
+    pids[1] = atomic_load(&start_pids[1]);
+    assert_true(pids[0] > 0 && pids[1] > 0);
     /* Give a wrongly delivered death signal time to act. */
     fo_sleep_ms(200);
     assert_int_equal(fo_run(tp.pool, pl, 1, got, UINT64_MAX, NULL), PMAP_DONE);
-    for (i = 0; i < N; i++) {
+    for (i = 0; i < N; i++)
         assert_true(fo_ok(&got[i], i));
-        /* The same two workers: none was killed and replaced. */
-        assert_true(got[i].res.pid == tp.pids[0] || got[i].res.pid == tp.pids[1]);
-    }
+    /* The same two workers: none was killed and replaced. */
+    assert_true(atomic_load(&start_pids[0]) == pids[0]);
+    assert_true(atomic_load(&start_pids[1]) == pids[1]);
+    for (i = 0; i < N; i++)
+        assert_true(got[i].res.pid == pids[0] || got[i].res.pid == pids[1]);
     assert_int_equal(pmap_pool_destroy(tp.pool), PMAP_OK);
+    start_pids_unmap();
     fo_plan_free(pl);
     tu_snap_check(&snap);
 }
@@ -1129,31 +1200,31 @@ static void test_inherited_pool_inert(void **state)
     pmap_options opt;
     struct fo_plan *pl = fo_plan_new(N, FO_SLEEP, 5);
     struct fo_got got[N];
-    int64_t before[2];
-    int nb = 0, k;
+    int64_t pids[2];
     uint64_t i;
 
     (void)state;
     tu_snap_take(&snap);
+    start_pids_map();
     fo_opts(&opt, 2, 1);
+    opt.worker_init = record_pid_init;
     inherited = fo_pool(&opt);
+    pids[0] = atomic_load(&start_pids[0]);
+    pids[1] = atomic_load(&start_pids[1]);
     assert_int_equal(fo_run(inherited, pl, 1, got, UINT64_MAX, NULL), PMAP_DONE);
-    for (i = 0; i < N; i++) {
+    for (i = 0; i < N; i++)
         assert_true(fo_ok(&got[i], i));
-        for (k = 0; k < nb && before[k] != got[i].res.pid; k++)
-            ;
-        if (k == nb) {
-            assert_true(nb < 2);
-            before[nb++] = got[i].res.pid;
-        }
-    }
     assert_child_ok(in_child(inherit_child, NULL));
+    /* The parent's workers are untouched: the same two run everything. */
     assert_int_equal(fo_run(inherited, pl, 0, got, UINT64_MAX, NULL), PMAP_DONE);
     for (i = 0; i < N; i++) {
         assert_true(fo_ok(&got[i], i));
-        assert_true(got[i].res.pid == before[0] || (nb == 2 && got[i].res.pid == before[1]));
+        assert_true(got[i].res.pid == pids[0] || got[i].res.pid == pids[1]);
     }
+    assert_true(atomic_load(&start_pids[0]) == pids[0]);
+    assert_true(atomic_load(&start_pids[1]) == pids[1]);
     assert_int_equal(pmap_pool_destroy(inherited), PMAP_OK);
+    start_pids_unmap();
     fo_plan_free(pl);
     tu_snap_check(&snap);
 }
@@ -1173,7 +1244,8 @@ static int closed_stdio_child(void *arg)
     pmap_pool *pool;
     pmap_iter *it;
     pmap_item item;
-    int rc, bad = 0, k;
+    int rc, bad = 0, k, npids = 0;
+    int64_t pids[2] = {0, 0};
 
     (void)arg;
     close(0);
@@ -1211,6 +1283,14 @@ static int closed_stdio_child(void *arg)
             }
             memcpy(&res, item.data, sizeof res);
             bad += res.value != fo_echo_value(item.index);
+            /* No worker had its stream broken and was replaced: the same
+             * two did everything. */
+            if (res.pid != pids[0] && res.pid != pids[1]) {
+                if (npids == 2)
+                    bad++;
+                else
+                    pids[npids++] = res.pid;
+            }
             n++;
         }
         pmap_iter_free(it);
