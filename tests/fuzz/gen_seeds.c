@@ -1,0 +1,129 @@
+/*
+ * Writes the seed corpus of fuzz_wire into the directory argv[1]: valid
+ * streams of every frame kind built with the real encoder, and a few
+ * broken ones. Each file starts with the fuzz target's 5-byte prefix
+ * (record limit selector, split seed).
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static unsigned char buf[1 << 16];
+static size_t len;
+
+static void put(const void *p, size_t n)
+{
+    if (len + n <= sizeof buf) {
+        memcpy(buf + len, p, n);
+        len += n;
+    }
+}
+
+static void start(unsigned limit_sel, unsigned seed)
+{
+    unsigned char pre[5];
+
+    len = 0;
+    pre[0] = (unsigned char)limit_sel;
+    memcpy(pre + 1, &seed, 4);
+    put(pre, 5);
+}
+
+static void control(unsigned kind, uint32_t seq)
+{
+    struct pmap__frame f = {kind, 0, seq, 0, 0};
+    unsigned char h[PMAP__HDR_SIZE], t[PMAP__TRL_SIZE];
+
+    pmap__frame_hdr(h, &f);
+    pmap__frame_trl(t, &f);
+    put(h, sizeof h);
+    put(t, sizeof t);
+}
+
+/* A frame of n records with payload lengths lens[] (status from errs[]). */
+static void records(unsigned kind, uint32_t seq, uint32_t n, const size_t *lens, const int *errs)
+{
+    struct pmap__frame f = {kind, n, seq, 0, 1234};
+    unsigned char h[PMAP__HDR_SIZE], r[PMAP__REC_SIZE], t[PMAP__TRL_SIZE];
+    uint32_t i;
+    size_t k;
+
+    for (i = 0; i < n; i++)
+        f.bytes += PMAP__REC_SIZE + (errs && errs[i] ? 0 : lens[i]);
+    pmap__frame_hdr(h, &f);
+    pmap__frame_trl(t, &f);
+    put(h, sizeof h);
+    for (i = 0; i < n; i++) {
+        int err = errs ? errs[i] : 0;
+
+        pmap__rec_hdr(r, err ? PMAP__R_TASKERR : PMAP__R_OK, err, err ? 0 : lens[i]);
+        put(r, sizeof r);
+        for (k = 0; !err && k < lens[i]; k++) {
+            unsigned char b = (unsigned char)(k * 7 + i);
+
+            put(&b, 1);
+        }
+    }
+    put(t, sizeof t);
+}
+
+static int save(const char *dir, const char *name)
+{
+    char path[4096];
+    FILE *f;
+
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    f = fopen(path, "wb");
+    if (f == NULL || fwrite(buf, 1, len, f) != len) {
+        perror(path);
+        return 1;
+    }
+    return fclose(f) != 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const size_t lens[] = {0, 1, 16, 100, 3, 4000};
+    static const int errs[] = {0, 7, 0, -1, 0, 0};
+    int rc = 0;
+
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s DIR\n", argv[0]);
+        return 2;
+    }
+    start(5, 1);
+    control(PMAP__K_READY, 0);
+    rc |= save(argv[1], "ready");
+
+    start(5, 2);
+    control(PMAP__K_READY, 0);
+    records(PMAP__K_RESULTS, 0, 6, lens, errs);
+    control(PMAP__K_RETIRE, 6);
+    rc |= save(argv[1], "results");
+
+    start(4, 3);
+    records(PMAP__K_TASKS, 0, 4, lens, NULL);
+    records(PMAP__K_TASKS, 4, 2, lens + 2, NULL);
+    rc |= save(argv[1], "tasks");
+
+    start(2, 4); /* limit 7: the 16-byte record is over it */
+    records(PMAP__K_RESULTS, 0, 3, lens, NULL);
+    rc |= save(argv[1], "over_limit");
+
+    start(5, 5); /* a frame cut short */
+    records(PMAP__K_RESULTS, 9, 6, lens, errs);
+    len -= 50;
+    rc |= save(argv[1], "truncated");
+
+    start(7, 6); /* junk between frames */
+    control(PMAP__K_READY, 0);
+    put("garbage!", 8);
+    control(PMAP__K_RETIRE, 0);
+    rc |= save(argv[1], "junk");
+
+    start(8 | 2, 7); /* the frame callback refuses RESULTS frames */
+    records(PMAP__K_RESULTS, 0, 2, lens + 1, NULL);
+    rc |= save(argv[1], "refused");
+    return rc;
+}
