@@ -16,7 +16,9 @@
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 
 #include "pmap.h"
-#include "internal.h" /* pmap__pool_view: the automatic window's size */
+/* internal.h: pmap__pool_view (the automatic window's size) and the
+ * layout of pmap_buf (to see that a failed set leaves it empty). */
+#include "internal.h"
 #include "testutil.h"
 
 #include <errno.h>
