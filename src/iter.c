@@ -8,6 +8,9 @@
  * because at most `window` consecutive records are alive; completion order
  * takes slots from a free list and queues finished ones.
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* MAP_ANONYMOUS */
+#endif
 #define _POSIX_C_SOURCE 200809L
 
 #include "internal.h"
@@ -15,7 +18,12 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
+
+#if !defined(MAP_ANONYMOUS) && defined(MAP_ANON)
+#define MAP_ANONYMOUS MAP_ANON
+#endif
 
 #define NONE UINT32_MAX
 /* Batches are aimed at this much task time: long enough that the round
@@ -53,6 +61,7 @@ struct pmap_iter {
     uint64_t next_out;  /* input order: index of the next record to return */
     uint32_t gen_slot;  /* input order: slot of record `generated` (no division per record) */
     uint32_t out_slot;  /* input order: slot of record `next_out` */
+    uint32_t fresh;     /* slots [0, fresh) are initialised; the rest still calloc's zeroes */
     uint64_t live_bytes;
     uint32_t free_head; /* completion order: free slots */
     struct queue retry; /* records to run (again) before new ones */
@@ -187,10 +196,20 @@ static struct pmap__rec *generate(struct pmap_iter *it)
         slot = it->gen_slot;
     } else {
         slot = it->free_head;
-        if (slot == NONE)
+        if (slot == NONE && it->fresh == it->window)
             return NULL;
+        if (slot == NONE)
+            slot = it->fresh; /* never used yet: not on the free list */
     }
     r = &it->recs[slot];
+    if (slot >= it->fresh) {
+        /* Slots are set up on first use, so that starting a map costs the
+         * same whatever the window: a one-record map touches one slot. */
+        pmap__buf_init(&r->param, it->v.max_record);
+        pmap__buf_init(&r->result, it->v.max_record);
+        r->next = NONE;
+        it->fresh = slot + 1;
+    }
     r->param.len = 0;
     rc = it->gen(it->gen_ctx, &r->param);
     if (rc <= 0) {
@@ -311,7 +330,7 @@ static void stop_all(struct pmap_iter *it, int rc)
     if (it->gen_state == G_RUNNING)
         it->gen_state = G_ENDED;
     it->retry.head = it->retry.tail = NONE;
-    for (i = 0; i < it->window; i++) {
+    for (i = 0; i < it->fresh; i++) {
         struct pmap__rec *r = &it->recs[i];
 
         if (r->state == R_FLIGHT || r->state == R_QUEUED)
@@ -387,7 +406,7 @@ static struct pmap__rec *deliverable(struct pmap_iter *it)
     if (it->stopped) {
         uint32_t i;
 
-        for (i = 0; i < it->window; i++)
+        for (i = 0; i < it->fresh; i++)
             if (it->recs[i].state == R_LOST)
                 release(it, &it->recs[i]);
     }
@@ -398,11 +417,37 @@ static struct pmap__rec *deliverable(struct pmap_iter *it)
 /* Public API                                                               */
 /* ------------------------------------------------------------------------ */
 
+/* Slot arrays run to megabytes (16384 slots for two workers) of which a
+ * short map touches a few: fresh anonymous pages cost nothing until used,
+ * where calloc would often clear the whole array from a recycled heap
+ * (malloc raises its mmap threshold after such a block is freed). */
+#define SLOTS_MMAP_BYTES ((size_t)256 << 10)
+
+static struct pmap__rec *slots_alloc(uint32_t n)
+{
+    size_t bytes = (size_t)n * sizeof(struct pmap__rec);
+    void *p;
+
+    if (bytes < SLOTS_MMAP_BYTES)
+        return calloc(n, sizeof(struct pmap__rec));
+    p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void slots_free(struct pmap__rec *recs, uint32_t n)
+{
+    size_t bytes = (size_t)n * sizeof(struct pmap__rec);
+
+    if (bytes < SLOTS_MMAP_BYTES)
+        free(recs);
+    else if (recs != NULL)
+        munmap(recs, bytes);
+}
+
 static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int ordered)
 {
     struct pmap_iter *it;
     struct pmap__pool_view v;
-    uint32_t i;
 
     if (gen == NULL || pmap__pool_view(pool, &v) != 0) {
         errno = EINVAL;
@@ -417,7 +462,7 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
         errno = ENOMEM;
         return NULL;
     }
-    it->recs = calloc(v.window, sizeof *it->recs);
+    it->recs = slots_alloc(v.window);
     if (it->recs == NULL) {
         free(it);
         errno = ENOMEM;
@@ -433,14 +478,7 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->window = v.window;
     it->retry.head = it->retry.tail = NONE;
     it->done.head = it->done.tail = NONE;
-    it->free_head = 0;
-    for (i = 0; i < v.window; i++) {
-        struct pmap__rec *r = &it->recs[i];
-
-        pmap__buf_init(&r->param, v.max_record);
-        pmap__buf_init(&r->result, v.max_record);
-        r->next = i + 1 < v.window ? i + 1 : NONE;
-    }
+    it->free_head = NONE;
     it->sink.it = it;
     it->sink.done = on_done;
     it->sink.retry = on_retry;
@@ -517,11 +555,11 @@ int pmap_iter_free(pmap_iter *it)
             it->v.ops->cancel(it->v.be);
         *it->v.iter_slot = NULL;
     }
-    for (i = 0; i < it->window; i++) {
+    for (i = 0; i < it->fresh; i++) {
         pmap__buf_free(&it->recs[i].param);
         pmap__buf_free(&it->recs[i].result);
     }
-    free(it->recs);
+    slots_free(it->recs, it->window);
     free(it->batch);
     free(it);
     return rc;
