@@ -36,7 +36,8 @@ enum fo_kind {
     FO_FIFOS,        /* value = open pipe descriptors >= 3 */
     FO_RAISE,        /* raise(arg), then echo */
     FO_PRINTF,       /* printf without flushing (arg 0: also write to fds 1, 2), then echo */
-    FO_SLEEP_EXIT    /* sleep arg ms, then _exit(3) */
+    FO_SLEEP_EXIT,   /* sleep arg ms, then _exit(3) */
+    FO_CLOSE_IN_EXIT /* close the pipes it reads from, sleep arg ms, then _exit(3) */
 };
 
 struct fo_op {
@@ -263,6 +264,21 @@ static inline int fo_task(void *ctx, const void *param, size_t len, pmap_buf *ou
     case FO_SLEEP_EXIT:
         fo_sleep_ms(op.arg);
         _exit(3);
+    case FO_CLOSE_IN_EXIT: {
+        int fd, k;
+
+        for (fd = 3; fd < 1024; fd++) {
+            int fl, host = 0;
+
+            for (k = 0; k < fo_host_nfifo; k++)
+                host |= fo_host_fifo[k] == fd;
+            fl = fcntl(fd, F_GETFL);
+            if (!host && fo_is_fifo(fd) && fl >= 0 && (fl & O_ACCMODE) == O_RDONLY)
+                close(fd);
+        }
+        fo_sleep_ms(op.arg);
+        _exit(3);
+    }
     default:
         return 9997;
     }

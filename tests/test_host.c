@@ -302,10 +302,12 @@ static int sigpipe_pending(void)
 
 /* A worker dies while the caller is writing a 32 MiB record to it: items 0
  * and 1 travel in one batch; the worker starts item 0 as soon as it has
- * it, sleeps and exits while the caller is still pushing item 1 (32 MiB,
- * far more than a pipe holds) after it. */
+ * it, while the caller is still pushing item 1 (32 MiB, far more than a
+ * pipe holds) after it. The task closes the worker's input first (as a
+ * dying process does, before it can be reaped), so the caller's next write
+ * meets a pipe without a reader for certain, then sleeps and exits. */
 static const struct hrec pipe_plan[] = {
-    {FO_SLEEP_EXIT, 300, 0},
+    {FO_CLOSE_IN_EXIT, 300, 0},
     {0, 0, (size_t)32 << 20},
     {FO_ECHO, 0, 0},
 };
@@ -875,8 +877,9 @@ static int record_pid_init(void *ctx)
     int id = pmap_worker_id();
 
     (void)ctx;
-    if (id >= 0 && id < 8)
+    if (id >= 0 && id < 7)
         atomic_store(&start_pids[id], (int64_t)getpid());
+    atomic_fetch_add(&start_pids[7], 1); /* workers started */
     return 0;
 }
 
@@ -1248,6 +1251,13 @@ static int closed_stdio_child(void *arg)
     int64_t pids[2] = {0, 0};
 
     (void)arg;
+    /* The host's own writes into what was its stdout are its business:
+     * only the pool is under test here. */
+    signal(SIGPIPE, SIG_IGN);
+    start_pids = mmap(NULL, 8 * sizeof *start_pids, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (start_pids == MAP_FAILED)
+        return 9;
     close(0);
     close(1);
     close(2);
@@ -1259,6 +1269,7 @@ static int closed_stdio_child(void *arg)
     pl.n = N;
     pl.fail_at = UINT64_MAX;
     fo_opts(&opt, 2, 1);
+    opt.worker_init = record_pid_init;
     pool = pmap_pool_create(fo_task, NULL, &opt);
     if (pool == NULL)
         return 1;
@@ -1299,6 +1310,9 @@ static int closed_stdio_child(void *arg)
     }
     if (pmap_pool_destroy(pool) != PMAP_OK)
         return 3;
+    /* No worker's stream was broken, so none was replaced. */
+    if (atomic_load(&start_pids[7]) != 2)
+        return 5;
     return bad ? 4 : 0;
 }
 
