@@ -13,9 +13,9 @@
 
 void pmap__buf_init(struct pmap_buf *b, size_t max)
 {
-    b->data = NULL;
+    b->data = b->small;
     b->len = 0;
-    b->cap = 0;
+    b->cap = sizeof b->small;
     b->max = max;
 }
 
@@ -34,14 +34,24 @@ int pmap__buf_reserve(struct pmap_buf *b, size_t cap)
         }
         ncap *= 2;
     }
-    p = realloc(b->data, ncap);
-    if (p == NULL) {
-        /* Doubling may overshoot what memory allows; the exact size may not. */
-        ncap = cap;
+    if (b->data == b->small) {
+        p = malloc(ncap);
+        if (p == NULL) {
+            ncap = cap;
+            p = malloc(ncap);
+        }
+        if (p != NULL && b->len)
+            memcpy(p, b->small, b->len);
+    } else {
         p = realloc(b->data, ncap);
-        if (p == NULL)
-            return PMAP_ENOMEM;
+        if (p == NULL) {
+            /* Doubling may overshoot what memory allows; the exact size may not. */
+            ncap = cap;
+            p = realloc(b->data, ncap);
+        }
     }
+    if (p == NULL)
+        return PMAP_ENOMEM;
     b->data = p;
     b->cap = ncap;
     return 0;
@@ -62,19 +72,20 @@ int pmap__buf_append(struct pmap_buf *b, const void *data, size_t len)
 void pmap__buf_trim(struct pmap_buf *b, size_t keep)
 {
     b->len = 0;
-    if (b->cap > keep) {
+    if (b->cap > keep && b->data != b->small) {
         free(b->data);
-        b->data = NULL;
-        b->cap = 0;
+        b->data = b->small;
+        b->cap = sizeof b->small;
     }
 }
 
 void pmap__buf_free(struct pmap_buf *b)
 {
-    free(b->data);
-    b->data = NULL;
+    if (b->data != b->small)
+        free(b->data);
+    b->data = b->small;
     b->len = 0;
-    b->cap = 0;
+    b->cap = sizeof b->small;
 }
 
 void *pmap_buf_reserve(pmap_buf *buf, size_t len)

@@ -32,11 +32,19 @@
 /* Buffers (buf.c)                                                          */
 /* ------------------------------------------------------------------------ */
 
+/* Records up to this size live inside the buffer itself: a slot of the
+ * window then holds a tiny record without a heap block of its own, which
+ * halves the memory a map of tiny records walks through per record. */
+#define PMAP__BUF_SMALL 16u
+
+/* A buffer must not be moved or copied once initialised (data may point
+ * into it). */
 struct pmap_buf {
-    unsigned char *data;
+    unsigned char *data; /* `small` until more is needed; never NULL once initialised */
     size_t len;
     size_t cap;
     size_t max; /* max_record_bytes: the most len may be */
+    unsigned char small[PMAP__BUF_SMALL];
 };
 
 void pmap__buf_init(struct pmap_buf *b, size_t max);
