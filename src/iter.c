@@ -34,6 +34,12 @@
 /* In automatic-window mode, stop generating while records alive hold more
  * than this many bytes (there is always at least one record in flight). */
 #define AUTO_BYTES ((uint64_t)256 << 20)
+/* Heap bytes that slot buffers may keep between records, all slots
+ * together: each buffer keeps at most KEEP_TOTAL / (2 * window) bytes
+ * (and never more than PMAP__KEEP_BYTES) when its record is released.
+ * A per-slot allowance alone let a map of 1 MiB records keep 2 MiB in
+ * every slot it ever used, i.e. up to 32 GiB with the automatic window. */
+#define KEEP_TOTAL ((size_t)32 << 20)
 /* Delivering buffered results, look at the pipes every this many items, or
  * every quarter batch when batches are larger, so workers are fed while the
  * consumer drains: each holds DEPTH batches, so a quarter batch refills it
@@ -74,6 +80,7 @@ struct pmap_iter {
     int stopped; /* the backend failed: nothing more runs */
     struct pmap__rec *held;
     unsigned since_pump;
+    size_t keep; /* bytes a slot buffer keeps when its record is released */
     unsigned pump_every; /* items handed out between pumps (follows the batch size) */
     int next_worker;
     double ns_per_rec; /* moving average of task time per record; 0: unknown */
@@ -375,10 +382,10 @@ static void release(struct pmap_iter *it, struct pmap__rec *r)
     r->state = R_FREE;
     r->param.len = 0;
     r->result.len = 0;
-    if (r->param.cap > PMAP__KEEP_BYTES)
-        pmap__buf_trim(&r->param, PMAP__KEEP_BYTES);
-    if (r->result.cap > PMAP__KEEP_BYTES)
-        pmap__buf_trim(&r->result, PMAP__KEEP_BYTES);
+    if (r->param.cap > it->keep)
+        pmap__buf_trim(&r->param, it->keep);
+    if (r->result.cap > it->keep)
+        pmap__buf_trim(&r->result, it->keep);
     it->returned++;
     if (it->ordered) {
         it->next_out++;
@@ -485,6 +492,9 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->done.head = it->done.tail = NONE;
     it->free_head = NONE;
     it->pump_every = PUMP_EVERY;
+    it->keep = KEEP_TOTAL / 2u / v.window;
+    if (it->keep > PMAP__KEEP_BYTES)
+        it->keep = PMAP__KEEP_BYTES;
     it->sink.it = it;
     it->sink.done = on_done;
     it->sink.retry = on_retry;
