@@ -225,12 +225,16 @@ int pmap__decoder_idle(const struct pmap__decoder *d);
 /* One record of the window: its parameter until the result is back, then
  * its result until pmap_next() has handed it out. */
 struct pmap__rec {
-    uint64_t index;
-    struct pmap_buf param;
+    /* The first 64 bytes hold all that handing out a finished record
+     * reads (code only when status is not PMAP_OK: it is 0 otherwise), so
+     * that delivery, often long after the result was decoded, touches one
+     * cache line per record. */
     struct pmap_buf result;
+    uint64_t index;
     int status;
-    int code;
     unsigned state; /* enum pmap__rec_state (iter.c) */
+    struct pmap_buf param;
+    int code;
     unsigned tries; /* re-runs caused by crashes that no record could be blamed for */
     uint32_t next;  /* intrusive queue link (slot number), UINT32_MAX: none */
 };

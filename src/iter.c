@@ -134,11 +134,13 @@ static void on_done(void *ud, struct pmap__rec *r)
     if (r->status != PMAP_OK)
         r->result.len = 0;
     it->live_bytes += r->result.len;
-    /* The worker has the parameter; a large one need not wait for delivery. */
-    if (r->param.cap > PMAP__KEEP_BYTES) {
-        it->live_bytes -= r->param.len;
-        pmap__buf_trim(&r->param, 0);
-    }
+    /* A finished record never runs again: its parameter is of no use any
+     * more. Letting go of it now (rather than in release) also keeps
+     * delivery to the record's first cache line. */
+    it->live_bytes -= r->param.len;
+    r->param.len = 0;
+    if (r->param.cap > it->keep)
+        pmap__buf_trim(&r->param, it->keep);
     if (!it->ordered)
         q_push(it, &it->done, r);
 }
@@ -378,12 +380,16 @@ static int step(struct pmap_iter *it, int timeout_ms)
 
 static void release(struct pmap_iter *it, struct pmap__rec *r)
 {
-    it->live_bytes -= r->param.len + r->result.len;
+    if (r->state == R_LOST) {
+        /* Never finished: its parameter was not let go of by on_done. */
+        it->live_bytes -= r->param.len;
+        r->param.len = 0;
+        if (r->param.cap > it->keep)
+            pmap__buf_trim(&r->param, it->keep);
+    }
+    it->live_bytes -= r->result.len;
     r->state = R_FREE;
-    r->param.len = 0;
     r->result.len = 0;
-    if (r->param.cap > it->keep)
-        pmap__buf_trim(&r->param, it->keep);
     if (r->result.cap > it->keep)
         pmap__buf_trim(&r->result, it->keep);
     it->returned++;
@@ -544,7 +550,7 @@ int pmap_next(pmap_iter *it, pmap_item *item)
             it->held = r;
             item->index = r->index;
             item->status = r->status;
-            item->code = r->code;
+            item->code = r->status == PMAP_OK ? 0 : r->code;
             item->len = r->status == PMAP_OK ? r->result.len : 0;
             item->data = item->len ? r->result.data : NULL;
             return PMAP_OK;
