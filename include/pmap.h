@@ -307,10 +307,11 @@ typedef struct pmap_item {
  * failure, further calls return the same value. PMAP_EINVAL for NULL
  * arguments. The pool stays usable after a failure.
  *
- * A record whose worker crashed may have to run again to pin the crash on
- * the exact record: the records that shared a batch with it, and that had
- * not been returned, run once more on a fresh worker. That is the only case
- * in which a record runs more than once. Caller process only.
+ * A record whose worker crashed (or was killed for a timeout) may have to
+ * run again to pin the failure on the exact record: the records that shared
+ * a batch with it, and whose results had not come back, run once more on a
+ * fresh worker. That is the only case in which a record runs more than
+ * once. Caller process only.
  */
 PMAP_API int pmap_next(pmap_iter *it, pmap_item *item);
 
