@@ -185,7 +185,8 @@ struct pmap__decoder_ops {
     /* A record of `len` bytes starts: return where its bytes go (room for
      * len bytes; any non-NULL pointer when len is 0), or NULL on ENOMEM. */
     unsigned char *(*record)(void *ud, unsigned status, int code, uint64_t len);
-    /* The record's bytes are all in place. */
+    /* The record's bytes are all in place. May be NULL: a user that needs
+     * nothing here saves an indirect call per record. */
     int (*record_end)(void *ud);
     /* The trailer checked out. */
     int (*frame_end)(void *ud, const struct pmap__frame *f);
@@ -244,6 +245,9 @@ struct pmap__sink {
     void *it;
     /* The record is finished: r->status, r->code and r->result are set. */
     void (*done)(void *it, struct pmap__rec *r);
+    /* done() for n records at once (a frame's worth of tiny results costs
+     * one indirect call instead of n). May be NULL: then done() each. */
+    void (*done_many)(void *it, struct pmap__rec *const *recs, uint32_t n);
     /* The record did not finish on its worker through no fault of its own:
      * queue it to run again. */
     void (*retry)(void *it, struct pmap__rec *r);

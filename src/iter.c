@@ -124,25 +124,38 @@ static struct pmap__rec *q_pop(struct pmap_iter *it, struct queue *q)
 /* Sink: what the backend reports                                           */
 /* ------------------------------------------------------------------------ */
 
-static void on_done(void *ud, struct pmap__rec *r)
+/* Inlined in both sinks below, so that a frame of tiny results costs no
+ * call per record. */
+static inline void finish(struct pmap_iter *it, struct pmap__rec *r)
 {
-    struct pmap_iter *it = ud;
-
     if (r->state != R_FLIGHT)
         return;
     r->state = R_DONE;
     if (r->status != PMAP_OK)
         r->result.len = 0;
-    it->live_bytes += r->result.len;
     /* A finished record never runs again: its parameter is of no use any
      * more. Letting go of it now (rather than in release) also keeps
      * delivery to the record's first cache line. */
-    it->live_bytes -= r->param.len;
+    it->live_bytes += (uint64_t)r->result.len - (uint64_t)r->param.len;
     r->param.len = 0;
     if (r->param.cap > it->keep)
         pmap__buf_trim(&r->param, it->keep);
     if (!it->ordered)
         q_push(it, &it->done, r);
+}
+
+static void on_done(void *ud, struct pmap__rec *r)
+{
+    finish(ud, r);
+}
+
+static void on_done_many(void *ud, struct pmap__rec *const *recs, uint32_t n)
+{
+    struct pmap_iter *it = ud;
+    uint32_t i;
+
+    for (i = 0; i < n; i++)
+        finish(it, recs[i]);
 }
 
 static void on_retry(void *ud, struct pmap__rec *r)
@@ -503,6 +516,7 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
         it->keep = PMAP__KEEP_BYTES;
     it->sink.it = it;
     it->sink.done = on_done;
+    it->sink.done_many = on_done_many;
     it->sink.retry = on_retry;
     it->sink.timing = on_timing;
     *v.iter_slot = it;

@@ -789,6 +789,10 @@ static int c_frame(void *ud, const struct pmap__frame *f)
     }
 }
 
+/* The count of the frame's results (w->pending) grows as each record
+ * starts rather than when its bytes are in: it is read only at the
+ * trailer, when every record is whole, and reset when a frame is dropped,
+ * so counting early is the same and saves a callback per record. */
 static unsigned char *c_record(void *ud, unsigned status, int code, uint64_t len)
 {
     struct worker *w = ud;
@@ -797,22 +801,17 @@ static unsigned char *c_record(void *ud, unsigned status, int code, uint64_t len
     r->status = status == PMAP__R_OK ? PMAP_OK : PMAP_ETASK;
     r->code = code;
     r->result.len = 0;
-    if (len == 0)
+    if (len == 0) {
+        w->pending++;
         return &empty_byte;
+    }
     if (len > r->result.cap && pmap__buf_reserve(&r->result, (size_t)len) != 0) {
         w->pool->fatal = PMAP_ENOMEM;
         return NULL;
     }
     r->result.len = (size_t)len;
-    return r->result.data;
-}
-
-static int c_record_end(void *ud)
-{
-    struct worker *w = ud;
-
     w->pending++;
-    return 0;
+    return r->result.data;
 }
 
 static int c_frame_end(void *ud, const struct pmap__frame *f)
@@ -825,11 +824,18 @@ static int c_frame_end(void *ud, const struct pmap__frame *f)
     if (f->kind != PMAP__K_RESULTS)
         return 0;
     /* Results are believed only once their frame's trailer checks out. */
-    for (i = 0; i < w->pending; i++) {
-        struct pmap__rec *r = fifo_at(w, w->recv + i);
+    if (s != NULL && s->done_many != NULL) {
+        /* The fifo is a ring: the frame's records are at most two runs. */
+        uint32_t mask = w->fifo_cap - 1, at = (uint32_t)(w->recv & mask);
+        uint32_t first = w->fifo_cap - at < w->pending ? w->fifo_cap - at : w->pending;
 
-        if (s != NULL)
-            s->done(s->it, r);
+        if (first > 0)
+            s->done_many(s->it, &w->fifo[at], first);
+        if (w->pending > first)
+            s->done_many(s->it, &w->fifo[0], w->pending - first);
+    } else if (s != NULL) {
+        for (i = 0; i < w->pending; i++)
+            s->done(s->it, fifo_at(w, w->recv + i));
     }
     w->recv += w->pending;
     w->pending = 0;
@@ -838,7 +844,8 @@ static int c_frame_end(void *ud, const struct pmap__frame *f)
     return 0;
 }
 
-static const struct pmap__decoder_ops caller_ops = {c_frame, c_record, c_record_end, c_frame_end};
+/* No record_end: c_record counts the record (see there). */
+static const struct pmap__decoder_ops caller_ops = {c_frame, c_record, NULL, c_frame_end};
 
 /* Read what the worker has written (up to a budget). */
 static void read_worker(struct pmap_pool *p, struct worker *w, uint64_t now)
