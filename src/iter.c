@@ -260,6 +260,77 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     return r;
 }
 
+/* Up to `want` new records for a batch, into out[]; how many. In input
+ * order this is generate() unrolled for a run of records: the window, the
+ * counters and the slot stay in registers across the generator calls, and
+ * the checks that cannot change within a run are made once. Two stores of
+ * generate() are left out because they are already true here: a slot is
+ * generated into only when fresh (buf_init) or released (release), both
+ * of which leave result.len 0, and `next` is set by q_push, the only
+ * place that links a slot in input order. */
+static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint32_t want)
+{
+    struct pmap__rec *recs = it->recs;
+    const uint32_t window = it->window;
+    const uint64_t returned = it->returned;
+    const int bounded = it->v.window_auto;
+    uint64_t idx = it->generated, live = it->live_bytes;
+    uint32_t slot = it->gen_slot, fresh = it->fresh, n = 0;
+    int rc = 1;
+
+    if (!it->ordered) {
+        while (n < want) {
+            struct pmap__rec *r = generate(it);
+
+            if (r == NULL)
+                break;
+            out[n++] = r;
+        }
+        return n;
+    }
+    if (it->gen_state != G_RUNNING || idx - returned >= window)
+        return 0;
+    if (want > window - (idx - returned))
+        want = (uint32_t)(window - (idx - returned));
+    while (n < want) {
+        struct pmap__rec *r = &recs[slot];
+
+        if (bounded && live > AUTO_BYTES && idx > returned)
+            break;
+        if (slot >= fresh) {
+            pmap__buf_init(&r->param, it->v.max_record);
+            pmap__buf_init(&r->result, it->v.max_record);
+            r->next = NONE;
+            fresh = slot + 1;
+        }
+        r->param.len = 0;
+        rc = it->gen(it->gen_ctx, &r->param);
+        if (rc <= 0) {
+            r->param.len = 0;
+            break;
+        }
+        if (++slot == window)
+            slot = 0;
+        r->index = idx++;
+        r->state = R_FLIGHT;
+        r->status = PMAP_OK;
+        r->code = 0;
+        r->tries = 0;
+        live += r->param.len;
+        out[n++] = r;
+    }
+    it->generated = idx;
+    it->live_bytes = live;
+    it->gen_slot = slot;
+    it->fresh = fresh;
+    if (rc <= 0) {
+        it->gen_state = rc == 0 ? G_ENDED : G_FAILED;
+        if (rc < 0 && it->fatal == 0)
+            it->fatal = PMAP_EGEN;
+    }
+    return n;
+}
+
 /* True when fewer than `n` records could be put in a batch now: no records
  * to re-run and the window (or the generator) cannot supply n new ones. */
 static int batch_short(const struct pmap_iter *it, uint32_t n)
@@ -318,17 +389,18 @@ static int dispatch(struct pmap_iter *it)
             if (it->generated > it->returned &&
                 batch_short(it, limit < whole ? limit : whole))
                 break;
+            /* Records to run again first; the retry queue changes only
+             * in pump(), so once it is empty the rest are new ones. */
             while (n < limit) {
                 struct pmap__rec *r = q_pop(it, &it->retry);
 
-                if (r != NULL)
-                    r->state = R_FLIGHT;
-                else
-                    r = generate(it);
                 if (r == NULL)
                     break;
+                r->state = R_FLIGHT;
                 it->batch[n++] = r;
             }
+            if (n < limit)
+                n += generate_run(it, it->batch + n, limit - n);
             if (n == 0) {
                 it->next_worker = (w + 1) % nw;
                 return 0;
