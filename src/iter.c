@@ -66,10 +66,10 @@ struct pmap_iter {
     struct pmap__rec *recs;
     uint32_t window;
     uint64_t generated; /* records the generator produced */
-    uint64_t returned;  /* records pmap_next handed out (and released) */
-    uint64_t next_out;  /* input order: index of the next record to return */
+    uint64_t returned;  /* records pmap_next handed out (and released); in input
+                         * order also the index of the next record to return */
     uint32_t gen_slot;  /* input order: slot of record `generated` (no division per record) */
-    uint32_t out_slot;  /* input order: slot of record `next_out` */
+    uint32_t out_slot;  /* input order: slot of record `returned`, the next to hand out */
     uint32_t fresh;     /* slots [0, fresh) are initialised; the rest still calloc's zeroes */
     uint64_t live_bytes;
     uint32_t free_head; /* completion order: free slots */
@@ -463,15 +463,20 @@ static int step(struct pmap_iter *it, int timeout_ms)
 /* Delivery                                                                 */
 /* ------------------------------------------------------------------------ */
 
-static void release(struct pmap_iter *it, struct pmap__rec *r)
+/* A record that never finished: its parameter was not let go of by
+ * finish(). Out of line: release() is inlined into pmap_next. */
+static void release_lost(struct pmap_iter *it, struct pmap__rec *r)
 {
-    if (r->state == R_LOST) {
-        /* Never finished: its parameter was not let go of by on_done. */
-        it->live_bytes -= r->param.len;
-        r->param.len = 0;
-        if (r->param.cap > it->keep)
-            pmap__buf_trim(&r->param, it->keep);
-    }
+    it->live_bytes -= r->param.len;
+    r->param.len = 0;
+    if (r->param.cap > it->keep)
+        pmap__buf_trim(&r->param, it->keep);
+}
+
+static inline void release(struct pmap_iter *it, struct pmap__rec *r)
+{
+    if (r->state == R_LOST)
+        release_lost(it, r);
     it->live_bytes -= r->result.len;
     r->state = R_FREE;
     r->result.len = 0;
@@ -479,7 +484,6 @@ static void release(struct pmap_iter *it, struct pmap__rec *r)
         pmap__buf_trim(&r->result, it->keep);
     it->returned++;
     if (it->ordered) {
-        it->next_out++;
         if (++it->out_slot == it->window)
             it->out_slot = 0;
     } else {
@@ -493,7 +497,7 @@ static struct pmap__rec *deliverable(struct pmap_iter *it)
     struct pmap__rec *r;
 
     if (it->ordered) {
-        while (it->next_out < it->generated) {
+        while (it->returned < it->generated) {
             r = &it->recs[it->out_slot];
             if (r->state == R_DONE)
                 return r;
@@ -615,16 +619,21 @@ static int is_owner(const struct pmap_iter *it)
     return it->owner == getpid();
 }
 
-int pmap_next(pmap_iter *it, pmap_item *item)
+static void fill(pmap_item *item, const struct pmap__rec *r)
+{
+    item->index = r->index;
+    item->status = r->status;
+    item->code = r->status == PMAP_OK ? 0 : r->code;
+    item->len = r->status == PMAP_OK ? r->result.len : 0;
+    item->data = item->len ? r->result.data : NULL;
+}
+
+/* pmap_next when the next item is not simply waiting: pumps due, results
+ * to wait for, lost records to skip, the end. */
+static int next_slow(struct pmap_iter *it, pmap_item *item)
 {
     struct pmap__rec *r;
 
-    if (it == NULL || item == NULL || !is_owner(it))
-        return PMAP_EINVAL;
-    if (it->held != NULL) {
-        release(it, it->held);
-        it->held = NULL;
-    }
     for (;;) {
         r = deliverable(it);
         if (r != NULL) {
@@ -634,11 +643,7 @@ int pmap_next(pmap_iter *it, pmap_item *item)
                 (void)step(it, 0);
             }
             it->held = r;
-            item->index = r->index;
-            item->status = r->status;
-            item->code = r->status == PMAP_OK ? 0 : r->code;
-            item->len = r->status == PMAP_OK ? r->result.len : 0;
-            item->data = item->len ? r->result.data : NULL;
+            fill(item, r);
             return PMAP_OK;
         }
         if (it->returned == it->generated && it->retry.head == NONE &&
@@ -647,6 +652,32 @@ int pmap_next(pmap_iter *it, pmap_item *item)
         it->since_pump = 0;
         (void)step(it, -1);
     }
+}
+
+int pmap_next(pmap_iter *it, pmap_item *item)
+{
+    struct pmap__rec *r;
+
+    if (it == NULL || item == NULL || !is_owner(it))
+        return PMAP_EINVAL;
+    r = it->held;
+    if (r != NULL) {
+        it->held = NULL;
+        release(it, r);
+    }
+    /* The common case in input order, handled here so that it costs no
+     * call: the next record is back and no pump is due this time (the
+     * same test next_slow makes, ++since_pump >= pump_every). */
+    if (it->ordered && it->returned < it->generated && it->since_pump + 1u < it->pump_every) {
+        r = &it->recs[it->out_slot];
+        if (r->state == R_DONE) {
+            it->since_pump++;
+            it->held = r;
+            fill(item, r);
+            return PMAP_OK;
+        }
+    }
+    return next_slow(it, item);
 }
 
 int pmap_iter_free(pmap_iter *it)
