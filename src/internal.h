@@ -28,6 +28,15 @@
  * so that one large record does not pin its memory in every slot. */
 #define PMAP__KEEP_BYTES ((size_t)1 << 20)
 
+/* For the rare branch of a per-record function (a buffer that must grow):
+ * kept out of line so that the common path is a leaf that saves no
+ * registers, and laid out away from the hot code. */
+#if defined(__GNUC__)
+#define PMAP__RARE __attribute__((cold, noinline))
+#else
+#define PMAP__RARE
+#endif
+
 /* ------------------------------------------------------------------------ */
 /* Buffers (buf.c)                                                          */
 /* ------------------------------------------------------------------------ */

@@ -793,6 +793,15 @@ static int c_frame(void *ud, const struct pmap__frame *f)
  * starts rather than when its bytes are in: it is read only at the
  * trailer, when every record is whole, and reset when a frame is dropped,
  * so counting early is the same and saves a callback per record. */
+static PMAP__RARE int c_result_grow(struct worker *w, struct pmap__rec *r, uint64_t len)
+{
+    if (pmap__buf_reserve(&r->result, (size_t)len) != 0) {
+        w->pool->fatal = PMAP_ENOMEM;
+        return PMAP_ENOMEM;
+    }
+    return 0;
+}
+
 static unsigned char *c_record(void *ud, unsigned status, int code, uint64_t len)
 {
     struct worker *w = ud;
@@ -805,10 +814,8 @@ static unsigned char *c_record(void *ud, unsigned status, int code, uint64_t len
         w->pending++;
         return &empty_byte;
     }
-    if (len > r->result.cap && pmap__buf_reserve(&r->result, (size_t)len) != 0) {
-        w->pool->fatal = PMAP_ENOMEM;
+    if (len > r->result.cap && c_result_grow(w, r, len) != 0)
         return NULL;
-    }
     r->result.len = (size_t)len;
     w->pending++;
     return r->result.data;
