@@ -181,7 +181,16 @@ struct pmap__frame {
 
 void pmap__frame_hdr(unsigned char out[PMAP__HDR_SIZE], const struct pmap__frame *f);
 void pmap__frame_trl(unsigned char out[PMAP__TRL_SIZE], const struct pmap__frame *f);
-void pmap__rec_hdr(unsigned char out[PMAP__REC_SIZE], unsigned status, int code, uint64_t len);
+/* Inline: written once per record on both sides of every pipe. */
+static inline void pmap__rec_hdr(unsigned char out[PMAP__REC_SIZE], unsigned status, int code,
+                                 uint64_t len)
+{
+    uint32_t st = (uint32_t)status;
+
+    memcpy(out, &st, 4);
+    memcpy(out + 4, &code, 4);
+    memcpy(out + 8, &len, 8);
+}
 
 /*
  * Incremental decoder: feed it bytes in any split; it calls back as

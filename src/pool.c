@@ -1082,6 +1082,9 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     for (k = 0; k < n; k++) {
         const struct pmap_buf *b = &recs[k]->param;
 
+        /* Filled ahead of w->sent, which alone makes the entry live: on
+         * an error below the map fails and nothing reads it. */
+        w->fifo[(w->sent + k) & (w->fifo_cap - 1)] = recs[k];
         pmap__rec_hdr(out + pos, PMAP__R_OK, 0, b->len);
         pos += PMAP__REC_SIZE;
         if (b->len > INLINE_MAX) {
@@ -1101,8 +1104,6 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     rc = seg_add(w, NULL, start, pos - start);
     if (rc != 0)
         return rc;
-    for (k = 0; k < n; k++)
-        w->fifo[(w->sent + k) & (w->fifo_cap - 1)] = recs[k];
     w->sent += n;
     return 0; /* written by the next pump(), under one SIGPIPE guard */
 }

@@ -77,13 +77,6 @@ void pmap__frame_trl(unsigned char out[PMAP__TRL_SIZE], const struct pmap__frame
     put32(out + 4, mix(get32(h + 28), f->bytes ^ f->seq));
 }
 
-void pmap__rec_hdr(unsigned char out[PMAP__REC_SIZE], unsigned status, int code, uint64_t len)
-{
-    put32(out, (uint32_t)status);
-    memcpy(out + 4, &code, 4);
-    put64(out + 8, len);
-}
-
 void pmap__decoder_init(struct pmap__decoder *d, const struct pmap__decoder_ops *ops, void *ud,
                         uint64_t max_record)
 {
