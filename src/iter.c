@@ -624,7 +624,9 @@ static void fill(pmap_item *item, const struct pmap__rec *r)
     item->index = r->index;
     item->status = r->status;
     item->code = r->status == PMAP_OK ? 0 : r->code;
-    item->len = r->status == PMAP_OK ? r->result.len : 0;
+    /* finish(), the only way to R_DONE, empties the result of a record
+     * that failed, so len needs no test of the status. */
+    item->len = r->result.len;
     item->data = item->len ? r->result.data : NULL;
 }
 
@@ -654,21 +656,46 @@ static int next_slow(struct pmap_iter *it, pmap_item *item)
     }
 }
 
+/* pmap_next in general: the owner check that may ask getpid(), any kind
+ * of held record, either order. */
+static int next_general(struct pmap_iter *it, pmap_item *item)
+{
+    if (!is_owner(it))
+        return PMAP_EINVAL;
+    if (it->held != NULL) {
+        release(it, it->held);
+        it->held = NULL;
+    }
+    return next_slow(it, item);
+}
+
 int pmap_next(pmap_iter *it, pmap_item *item)
 {
     struct pmap__rec *r;
 
-    if (it == NULL || item == NULL || !is_owner(it))
+    if (it == NULL || item == NULL)
         return PMAP_EINVAL;
+    /* The common case in input order is handled here with no call but
+     * tail calls, so that it saves no registers: the owner is known
+     * without a system call, the record held since the last call needs
+     * nothing but counting (not lost, no buffer to trim), and the next
+     * record is back with no pump due (the test next_slow makes,
+     * ++since_pump >= pump_every). Anything else goes the general way. */
+    if (!it->ordered || it->fork_gen == 0 || it->fork_gen != pmap__fork_gen_value)
+        return next_general(it, item);
     r = it->held;
     if (r != NULL) {
+        if (r->state != R_DONE || r->result.cap > it->keep)
+            return next_general(it, item);
         it->held = NULL;
-        release(it, r);
+        it->live_bytes -= r->result.len;
+        r->state = R_FREE;
+        r->result.len = 0;
+        it->returned++;
+        if (++it->out_slot == it->window)
+            it->out_slot = 0;
     }
-    /* The common case in input order, handled here so that it costs no
-     * call: the next record is back and no pump is due this time (the
-     * same test next_slow makes, ++since_pump >= pump_every). */
-    if (it->ordered && it->returned < it->generated && it->since_pump + 1u < it->pump_every) {
+    if (it->returned < it->generated && it->since_pump + 1u < it->pump_every) {
         r = &it->recs[it->out_slot];
         if (r->state == R_DONE) {
             it->since_pump++;
