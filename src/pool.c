@@ -793,13 +793,17 @@ static int c_frame(void *ud, const struct pmap__frame *f)
  * starts rather than when its bytes are in: it is read only at the
  * trailer, when every record is whole, and reset when a frame is dropped,
  * so counting early is the same and saves a callback per record. */
-static PMAP__RARE int c_result_grow(struct worker *w, struct pmap__rec *r, uint64_t len)
+/* c_record for a result larger than its buffer: out of line and reached
+ * by a tail call, so that c_record itself is a leaf. */
+static PMAP__RARE unsigned char *c_record_grow(struct worker *w, struct pmap__rec *r, uint64_t len)
 {
     if (pmap__buf_reserve(&r->result, (size_t)len) != 0) {
         w->pool->fatal = PMAP_ENOMEM;
-        return PMAP_ENOMEM;
+        return NULL;
     }
-    return 0;
+    r->result.len = (size_t)len;
+    w->pending++;
+    return r->result.data;
 }
 
 static unsigned char *c_record(void *ud, unsigned status, int code, uint64_t len)
@@ -814,8 +818,8 @@ static unsigned char *c_record(void *ud, unsigned status, int code, uint64_t len
         w->pending++;
         return &empty_byte;
     }
-    if (len > r->result.cap && c_result_grow(w, r, len) != 0)
-        return NULL;
+    if (len > r->result.cap)
+        return c_record_grow(w, r, len);
     r->result.len = (size_t)len;
     w->pending++;
     return r->result.data;
@@ -1047,7 +1051,9 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     struct pmap__frame f;
     unsigned char *out;
     size_t inl = PMAP__HDR_SIZE + PMAP__TRL_SIZE, start, pos;
-    uint32_t k;
+    struct pmap__rec **fifo;
+    uint64_t sent;
+    uint32_t k, mask;
     int rc;
 
     if (n == 0)
@@ -1075,6 +1081,11 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     if (inl > SIZE_MAX - w->txbuf.len || pmap__buf_reserve(&w->txbuf, w->txbuf.len + inl) != 0)
         return PMAP_ENOMEM;
     out = w->txbuf.data;
+    /* In locals: stores through `out` would otherwise make the compiler
+     * reload them for every record. */
+    fifo = w->fifo;
+    mask = w->fifo_cap - 1;
+    sent = w->sent;
     start = pos = w->txbuf.len;
     w->txbuf.len += inl;
     pmap__frame_hdr(out + pos, &f);
@@ -1084,7 +1095,7 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
 
         /* Filled ahead of w->sent, which alone makes the entry live: on
          * an error below the map fails and nothing reads it. */
-        w->fifo[(w->sent + k) & (w->fifo_cap - 1)] = recs[k];
+        fifo[(sent + k) & mask] = recs[k];
         pmap__rec_hdr(out + pos, PMAP__R_OK, 0, b->len);
         pos += PMAP__REC_SIZE;
         if (b->len > INLINE_MAX) {
