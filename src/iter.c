@@ -124,38 +124,52 @@ static struct pmap__rec *q_pop(struct pmap_iter *it, struct queue *q)
 /* Sink: what the backend reports                                           */
 /* ------------------------------------------------------------------------ */
 
-/* Inlined in both sinks below, so that a frame of tiny results costs no
- * call per record. */
-static inline void finish(struct pmap_iter *it, struct pmap__rec *r)
+/* A record is finished. Inlined in both sinks below, so that a frame of
+ * tiny results costs no call per record; the byte count of live records
+ * and the trim bound are passed in and out so that a run of records keeps
+ * them in registers (stores to a record would otherwise reload them). */
+static inline uint64_t finish(struct pmap_iter *it, struct pmap__rec *r, uint64_t live,
+                              size_t keep, int ordered)
 {
     if (r->state != R_FLIGHT)
-        return;
+        return live;
     r->state = R_DONE;
     if (r->status != PMAP_OK)
         r->result.len = 0;
     /* A finished record never runs again: its parameter is of no use any
      * more. Letting go of it now (rather than in release) also keeps
      * delivery to the record's first cache line. */
-    it->live_bytes += (uint64_t)r->result.len - (uint64_t)r->param.len;
+    live += (uint64_t)r->result.len - (uint64_t)r->param.len;
     r->param.len = 0;
-    if (r->param.cap > it->keep)
-        pmap__buf_trim(&r->param, it->keep);
-    if (!it->ordered)
+    if (r->param.cap > keep)
+        pmap__buf_trim(&r->param, keep);
+    if (!ordered)
         q_push(it, &it->done, r);
+    return live;
 }
 
 static void on_done(void *ud, struct pmap__rec *r)
 {
-    finish(ud, r);
+    struct pmap_iter *it = ud;
+
+    it->live_bytes = finish(it, r, it->live_bytes, it->keep, it->ordered);
 }
 
 static void on_done_many(void *ud, struct pmap__rec *const *recs, uint32_t n)
 {
     struct pmap_iter *it = ud;
+    const size_t keep = it->keep;
+    uint64_t live = it->live_bytes;
     uint32_t i;
 
-    for (i = 0; i < n; i++)
-        finish(it, recs[i]);
+    /* One loop per order, so that each has the order as a constant. */
+    if (it->ordered)
+        for (i = 0; i < n; i++)
+            live = finish(it, recs[i], live, keep, 1);
+    else
+        for (i = 0; i < n; i++)
+            live = finish(it, recs[i], live, keep, 0);
+    it->live_bytes = live;
 }
 
 static void on_retry(void *ud, struct pmap__rec *r)
@@ -274,6 +288,8 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
     const uint32_t window = it->window;
     const uint64_t returned = it->returned;
     const int bounded = it->v.window_auto;
+    const pmap_gen_fn gen = it->gen;
+    void *const gen_ctx = it->gen_ctx;
     uint64_t idx = it->generated, live = it->live_bytes;
     uint32_t slot = it->gen_slot, fresh = it->fresh, n = 0;
     int rc = 1;
@@ -304,7 +320,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
             fresh = slot + 1;
         }
         r->param.len = 0;
-        rc = it->gen(it->gen_ctx, &r->param);
+        rc = gen(gen_ctx, &r->param);
         if (rc <= 0) {
             r->param.len = 0;
             break;

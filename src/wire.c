@@ -203,6 +203,7 @@ static int whole_records(struct pmap__decoder *d, const unsigned char **pp, size
     size_t n = *pn;
     uint64_t bytes_left = d->bytes_left;
     uint32_t recs_left = d->recs_left;
+    const uint64_t max_record = d->max_record;
     int rc = 0;
 
     while (n >= PMAP__REC_SIZE) {
@@ -220,7 +221,7 @@ static int whole_records(struct pmap__decoder *d, const unsigned char **pp, size
             rc = fail(d, PMAP_EPROTO);
             break;
         }
-        if (len > d->max_record || bytes_left < PMAP__REC_SIZE ||
+        if (len > max_record || bytes_left < PMAP__REC_SIZE ||
             len > bytes_left - PMAP__REC_SIZE) {
             rc = fail(d, PMAP_EPROTO);
             break;
