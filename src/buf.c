@@ -88,14 +88,9 @@ void pmap__buf_free(struct pmap_buf *b)
     b->cap = sizeof b->small;
 }
 
-void *pmap_buf_reserve(pmap_buf *buf, size_t len)
+/* pmap_buf_reserve when the buffer must grow, or the call is wrong. */
+static PMAP__RARE void *buf_reserve_slow(pmap_buf *buf, size_t len)
 {
-    /* The common case, once per record in generators and tasks: the
-     * buffer is already large enough (cap > 0 means data is not NULL). */
-    if (buf != NULL && len <= buf->cap && len <= buf->max && buf->cap != 0) {
-        buf->len = len;
-        return buf->data;
-    }
     if (buf == NULL) {
         errno = EINVAL;
         return NULL;
@@ -111,6 +106,17 @@ void *pmap_buf_reserve(pmap_buf *buf, size_t len)
     }
     buf->len = len;
     return buf->data;
+}
+
+void *pmap_buf_reserve(pmap_buf *buf, size_t len)
+{
+    /* The common case, once per record in generators and tasks: the
+     * buffer is already large enough (cap > 0 means data is not NULL). */
+    if (buf != NULL && len <= buf->cap && len <= buf->max && buf->cap != 0) {
+        buf->len = len;
+        return buf->data;
+    }
+    return buf_reserve_slow(buf, len);
 }
 
 int pmap_buf_set(pmap_buf *buf, const void *data, size_t len)

@@ -28,6 +28,15 @@
  * so that one large record does not pin its memory in every slot. */
 #define PMAP__KEEP_BYTES ((size_t)1 << 20)
 
+/* For the rare branch of a per-record function (a buffer that must grow):
+ * kept out of line so that the common path is a leaf that saves no
+ * registers, and laid out away from the hot code. */
+#if defined(__GNUC__)
+#define PMAP__RARE __attribute__((cold, noinline))
+#else
+#define PMAP__RARE
+#endif
+
 /* ------------------------------------------------------------------------ */
 /* Buffers (buf.c)                                                          */
 /* ------------------------------------------------------------------------ */
@@ -172,7 +181,16 @@ struct pmap__frame {
 
 void pmap__frame_hdr(unsigned char out[PMAP__HDR_SIZE], const struct pmap__frame *f);
 void pmap__frame_trl(unsigned char out[PMAP__TRL_SIZE], const struct pmap__frame *f);
-void pmap__rec_hdr(unsigned char out[PMAP__REC_SIZE], unsigned status, int code, uint64_t len);
+/* Inline: written once per record on both sides of every pipe. */
+static inline void pmap__rec_hdr(unsigned char out[PMAP__REC_SIZE], unsigned status, int code,
+                                 uint64_t len)
+{
+    uint32_t st = (uint32_t)status;
+
+    memcpy(out, &st, 4);
+    memcpy(out + 4, &code, 4);
+    memcpy(out + 8, &len, 8);
+}
 
 /*
  * Incremental decoder: feed it bytes in any split; it calls back as
@@ -185,7 +203,8 @@ struct pmap__decoder_ops {
     /* A record of `len` bytes starts: return where its bytes go (room for
      * len bytes; any non-NULL pointer when len is 0), or NULL on ENOMEM. */
     unsigned char *(*record)(void *ud, unsigned status, int code, uint64_t len);
-    /* The record's bytes are all in place. */
+    /* The record's bytes are all in place. May be NULL: a user that needs
+     * nothing here saves an indirect call per record. */
     int (*record_end)(void *ud);
     /* The trailer checked out. */
     int (*frame_end)(void *ud, const struct pmap__frame *f);
@@ -244,6 +263,9 @@ struct pmap__sink {
     void *it;
     /* The record is finished: r->status, r->code and r->result are set. */
     void (*done)(void *it, struct pmap__rec *r);
+    /* done() for n records at once (a frame's worth of tiny results costs
+     * one indirect call instead of n). May be NULL: then done() each. */
+    void (*done_many)(void *it, struct pmap__rec *const *recs, uint32_t n);
     /* The record did not finish on its worker through no fault of its own:
      * queue it to run again. */
     void (*retry)(void *it, struct pmap__rec *r);

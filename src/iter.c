@@ -66,10 +66,10 @@ struct pmap_iter {
     struct pmap__rec *recs;
     uint32_t window;
     uint64_t generated; /* records the generator produced */
-    uint64_t returned;  /* records pmap_next handed out (and released) */
-    uint64_t next_out;  /* input order: index of the next record to return */
+    uint64_t returned;  /* records pmap_next handed out (and released); in input
+                         * order also the index of the next record to return */
     uint32_t gen_slot;  /* input order: slot of record `generated` (no division per record) */
-    uint32_t out_slot;  /* input order: slot of record `next_out` */
+    uint32_t out_slot;  /* input order: slot of record `returned`, the next to hand out */
     uint32_t fresh;     /* slots [0, fresh) are initialised; the rest still calloc's zeroes */
     uint64_t live_bytes;
     uint32_t free_head; /* completion order: free slots */
@@ -124,25 +124,52 @@ static struct pmap__rec *q_pop(struct pmap_iter *it, struct queue *q)
 /* Sink: what the backend reports                                           */
 /* ------------------------------------------------------------------------ */
 
+/* A record is finished. Inlined in both sinks below, so that a frame of
+ * tiny results costs no call per record; the byte count of live records
+ * and the trim bound are passed in and out so that a run of records keeps
+ * them in registers (stores to a record would otherwise reload them). */
+static inline uint64_t finish(struct pmap_iter *it, struct pmap__rec *r, uint64_t live,
+                              size_t keep, int ordered)
+{
+    if (r->state != R_FLIGHT)
+        return live;
+    r->state = R_DONE;
+    if (r->status != PMAP_OK)
+        r->result.len = 0;
+    /* A finished record never runs again: its parameter is of no use any
+     * more. Letting go of it now (rather than in release) also keeps
+     * delivery to the record's first cache line. */
+    live += (uint64_t)r->result.len - (uint64_t)r->param.len;
+    r->param.len = 0;
+    if (r->param.cap > keep)
+        pmap__buf_trim(&r->param, keep);
+    if (!ordered)
+        q_push(it, &it->done, r);
+    return live;
+}
+
 static void on_done(void *ud, struct pmap__rec *r)
 {
     struct pmap_iter *it = ud;
 
-    if (r->state != R_FLIGHT)
-        return;
-    r->state = R_DONE;
-    if (r->status != PMAP_OK)
-        r->result.len = 0;
-    it->live_bytes += r->result.len;
-    /* A finished record never runs again: its parameter is of no use any
-     * more. Letting go of it now (rather than in release) also keeps
-     * delivery to the record's first cache line. */
-    it->live_bytes -= r->param.len;
-    r->param.len = 0;
-    if (r->param.cap > it->keep)
-        pmap__buf_trim(&r->param, it->keep);
-    if (!it->ordered)
-        q_push(it, &it->done, r);
+    it->live_bytes = finish(it, r, it->live_bytes, it->keep, it->ordered);
+}
+
+static void on_done_many(void *ud, struct pmap__rec *const *recs, uint32_t n)
+{
+    struct pmap_iter *it = ud;
+    const size_t keep = it->keep;
+    uint64_t live = it->live_bytes;
+    uint32_t i;
+
+    /* One loop per order, so that each has the order as a constant. */
+    if (it->ordered)
+        for (i = 0; i < n; i++)
+            live = finish(it, recs[i], live, keep, 1);
+    else
+        for (i = 0; i < n; i++)
+            live = finish(it, recs[i], live, keep, 0);
+    it->live_bytes = live;
 }
 
 static void on_retry(void *ud, struct pmap__rec *r)
@@ -247,6 +274,79 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     return r;
 }
 
+/* Up to `want` new records for a batch, into out[]; how many. In input
+ * order this is generate() unrolled for a run of records: the window, the
+ * counters and the slot stay in registers across the generator calls, and
+ * the checks that cannot change within a run are made once. Two stores of
+ * generate() are left out because they are already true here: a slot is
+ * generated into only when fresh (buf_init) or released (release), both
+ * of which leave result.len 0, and `next` is set by q_push, the only
+ * place that links a slot in input order. */
+static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint32_t want)
+{
+    struct pmap__rec *recs = it->recs;
+    const uint32_t window = it->window;
+    const uint64_t returned = it->returned;
+    const int bounded = it->v.window_auto;
+    const pmap_gen_fn gen = it->gen;
+    void *const gen_ctx = it->gen_ctx;
+    uint64_t idx = it->generated, live = it->live_bytes;
+    uint32_t slot = it->gen_slot, fresh = it->fresh, n = 0;
+    int rc = 1;
+
+    if (!it->ordered) {
+        while (n < want) {
+            struct pmap__rec *r = generate(it);
+
+            if (r == NULL)
+                break;
+            out[n++] = r;
+        }
+        return n;
+    }
+    if (it->gen_state != G_RUNNING || idx - returned >= window)
+        return 0;
+    if (want > window - (idx - returned))
+        want = (uint32_t)(window - (idx - returned));
+    while (n < want) {
+        struct pmap__rec *r = &recs[slot];
+
+        if (bounded && live > AUTO_BYTES && idx > returned)
+            break;
+        if (slot >= fresh) {
+            pmap__buf_init(&r->param, it->v.max_record);
+            pmap__buf_init(&r->result, it->v.max_record);
+            r->next = NONE;
+            fresh = slot + 1;
+        }
+        r->param.len = 0;
+        rc = gen(gen_ctx, &r->param);
+        if (rc <= 0) {
+            r->param.len = 0;
+            break;
+        }
+        if (++slot == window)
+            slot = 0;
+        r->index = idx++;
+        r->state = R_FLIGHT;
+        r->status = PMAP_OK;
+        r->code = 0;
+        r->tries = 0;
+        live += r->param.len;
+        out[n++] = r;
+    }
+    it->generated = idx;
+    it->live_bytes = live;
+    it->gen_slot = slot;
+    it->fresh = fresh;
+    if (rc <= 0) {
+        it->gen_state = rc == 0 ? G_ENDED : G_FAILED;
+        if (rc < 0 && it->fatal == 0)
+            it->fatal = PMAP_EGEN;
+    }
+    return n;
+}
+
 /* True when fewer than `n` records could be put in a batch now: no records
  * to re-run and the window (or the generator) cannot supply n new ones. */
 static int batch_short(const struct pmap_iter *it, uint32_t n)
@@ -305,17 +405,18 @@ static int dispatch(struct pmap_iter *it)
             if (it->generated > it->returned &&
                 batch_short(it, limit < whole ? limit : whole))
                 break;
+            /* Records to run again first; the retry queue changes only
+             * in pump(), so once it is empty the rest are new ones. */
             while (n < limit) {
                 struct pmap__rec *r = q_pop(it, &it->retry);
 
-                if (r != NULL)
-                    r->state = R_FLIGHT;
-                else
-                    r = generate(it);
                 if (r == NULL)
                     break;
+                r->state = R_FLIGHT;
                 it->batch[n++] = r;
             }
+            if (n < limit)
+                n += generate_run(it, it->batch + n, limit - n);
             if (n == 0) {
                 it->next_worker = (w + 1) % nw;
                 return 0;
@@ -378,15 +479,20 @@ static int step(struct pmap_iter *it, int timeout_ms)
 /* Delivery                                                                 */
 /* ------------------------------------------------------------------------ */
 
-static void release(struct pmap_iter *it, struct pmap__rec *r)
+/* A record that never finished: its parameter was not let go of by
+ * finish(). Out of line: release() is inlined into pmap_next. */
+static void release_lost(struct pmap_iter *it, struct pmap__rec *r)
 {
-    if (r->state == R_LOST) {
-        /* Never finished: its parameter was not let go of by on_done. */
-        it->live_bytes -= r->param.len;
-        r->param.len = 0;
-        if (r->param.cap > it->keep)
-            pmap__buf_trim(&r->param, it->keep);
-    }
+    it->live_bytes -= r->param.len;
+    r->param.len = 0;
+    if (r->param.cap > it->keep)
+        pmap__buf_trim(&r->param, it->keep);
+}
+
+static inline void release(struct pmap_iter *it, struct pmap__rec *r)
+{
+    if (r->state == R_LOST)
+        release_lost(it, r);
     it->live_bytes -= r->result.len;
     r->state = R_FREE;
     r->result.len = 0;
@@ -394,7 +500,6 @@ static void release(struct pmap_iter *it, struct pmap__rec *r)
         pmap__buf_trim(&r->result, it->keep);
     it->returned++;
     if (it->ordered) {
-        it->next_out++;
         if (++it->out_slot == it->window)
             it->out_slot = 0;
     } else {
@@ -408,7 +513,7 @@ static struct pmap__rec *deliverable(struct pmap_iter *it)
     struct pmap__rec *r;
 
     if (it->ordered) {
-        while (it->next_out < it->generated) {
+        while (it->returned < it->generated) {
             r = &it->recs[it->out_slot];
             if (r->state == R_DONE)
                 return r;
@@ -503,6 +608,7 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
         it->keep = PMAP__KEEP_BYTES;
     it->sink.it = it;
     it->sink.done = on_done;
+    it->sink.done_many = on_done_many;
     it->sink.retry = on_retry;
     it->sink.timing = on_timing;
     *v.iter_slot = it;
@@ -529,16 +635,23 @@ static int is_owner(const struct pmap_iter *it)
     return it->owner == getpid();
 }
 
-int pmap_next(pmap_iter *it, pmap_item *item)
+static void fill(pmap_item *item, const struct pmap__rec *r)
+{
+    item->index = r->index;
+    item->status = r->status;
+    item->code = r->status == PMAP_OK ? 0 : r->code;
+    /* finish(), the only way to R_DONE, empties the result of a record
+     * that failed, so len needs no test of the status. */
+    item->len = r->result.len;
+    item->data = item->len ? r->result.data : NULL;
+}
+
+/* pmap_next when the next item is not simply waiting: pumps due, results
+ * to wait for, lost records to skip, the end. */
+static int next_slow(struct pmap_iter *it, pmap_item *item)
 {
     struct pmap__rec *r;
 
-    if (it == NULL || item == NULL || !is_owner(it))
-        return PMAP_EINVAL;
-    if (it->held != NULL) {
-        release(it, it->held);
-        it->held = NULL;
-    }
     for (;;) {
         r = deliverable(it);
         if (r != NULL) {
@@ -548,11 +661,7 @@ int pmap_next(pmap_iter *it, pmap_item *item)
                 (void)step(it, 0);
             }
             it->held = r;
-            item->index = r->index;
-            item->status = r->status;
-            item->code = r->status == PMAP_OK ? 0 : r->code;
-            item->len = r->status == PMAP_OK ? r->result.len : 0;
-            item->data = item->len ? r->result.data : NULL;
+            fill(item, r);
             return PMAP_OK;
         }
         if (it->returned == it->generated && it->retry.head == NONE &&
@@ -561,6 +670,57 @@ int pmap_next(pmap_iter *it, pmap_item *item)
         it->since_pump = 0;
         (void)step(it, -1);
     }
+}
+
+/* pmap_next in general: the owner check that may ask getpid(), any kind
+ * of held record, either order. */
+static int next_general(struct pmap_iter *it, pmap_item *item)
+{
+    if (!is_owner(it))
+        return PMAP_EINVAL;
+    if (it->held != NULL) {
+        release(it, it->held);
+        it->held = NULL;
+    }
+    return next_slow(it, item);
+}
+
+int pmap_next(pmap_iter *it, pmap_item *item)
+{
+    struct pmap__rec *r;
+
+    if (it == NULL || item == NULL)
+        return PMAP_EINVAL;
+    /* The common case in input order is handled here with no call but
+     * tail calls, so that it saves no registers: the owner is known
+     * without a system call, the record held since the last call needs
+     * nothing but counting (not lost, no buffer to trim), and the next
+     * record is back with no pump due (the test next_slow makes,
+     * ++since_pump >= pump_every). Anything else goes the general way. */
+    if (!it->ordered || it->fork_gen == 0 || it->fork_gen != pmap__fork_gen_value)
+        return next_general(it, item);
+    r = it->held;
+    if (r != NULL) {
+        if (r->state != R_DONE || r->result.cap > it->keep)
+            return next_general(it, item);
+        it->held = NULL;
+        it->live_bytes -= r->result.len;
+        r->state = R_FREE;
+        r->result.len = 0;
+        it->returned++;
+        if (++it->out_slot == it->window)
+            it->out_slot = 0;
+    }
+    if (it->returned < it->generated && it->since_pump + 1u < it->pump_every) {
+        r = &it->recs[it->out_slot];
+        if (r->state == R_DONE) {
+            it->since_pump++;
+            it->held = r;
+            fill(item, r);
+            return PMAP_OK;
+        }
+    }
+    return next_slow(it, item);
 }
 
 int pmap_iter_free(pmap_iter *it)

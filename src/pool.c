@@ -789,6 +789,23 @@ static int c_frame(void *ud, const struct pmap__frame *f)
     }
 }
 
+/* The count of the frame's results (w->pending) grows as each record
+ * starts rather than when its bytes are in: it is read only at the
+ * trailer, when every record is whole, and reset when a frame is dropped,
+ * so counting early is the same and saves a callback per record. */
+/* c_record for a result larger than its buffer: out of line and reached
+ * by a tail call, so that c_record itself is a leaf. */
+static PMAP__RARE unsigned char *c_record_grow(struct worker *w, struct pmap__rec *r, uint64_t len)
+{
+    if (pmap__buf_reserve(&r->result, (size_t)len) != 0) {
+        w->pool->fatal = PMAP_ENOMEM;
+        return NULL;
+    }
+    r->result.len = (size_t)len;
+    w->pending++;
+    return r->result.data;
+}
+
 static unsigned char *c_record(void *ud, unsigned status, int code, uint64_t len)
 {
     struct worker *w = ud;
@@ -797,22 +814,15 @@ static unsigned char *c_record(void *ud, unsigned status, int code, uint64_t len
     r->status = status == PMAP__R_OK ? PMAP_OK : PMAP_ETASK;
     r->code = code;
     r->result.len = 0;
-    if (len == 0)
+    if (len == 0) {
+        w->pending++;
         return &empty_byte;
-    if (len > r->result.cap && pmap__buf_reserve(&r->result, (size_t)len) != 0) {
-        w->pool->fatal = PMAP_ENOMEM;
-        return NULL;
     }
+    if (len > r->result.cap)
+        return c_record_grow(w, r, len);
     r->result.len = (size_t)len;
-    return r->result.data;
-}
-
-static int c_record_end(void *ud)
-{
-    struct worker *w = ud;
-
     w->pending++;
-    return 0;
+    return r->result.data;
 }
 
 static int c_frame_end(void *ud, const struct pmap__frame *f)
@@ -825,11 +835,18 @@ static int c_frame_end(void *ud, const struct pmap__frame *f)
     if (f->kind != PMAP__K_RESULTS)
         return 0;
     /* Results are believed only once their frame's trailer checks out. */
-    for (i = 0; i < w->pending; i++) {
-        struct pmap__rec *r = fifo_at(w, w->recv + i);
+    if (s != NULL && s->done_many != NULL) {
+        /* The fifo is a ring: the frame's records are at most two runs. */
+        uint32_t mask = w->fifo_cap - 1, at = (uint32_t)(w->recv & mask);
+        uint32_t first = w->fifo_cap - at < w->pending ? w->fifo_cap - at : w->pending;
 
-        if (s != NULL)
-            s->done(s->it, r);
+        if (first > 0)
+            s->done_many(s->it, &w->fifo[at], first);
+        if (w->pending > first)
+            s->done_many(s->it, &w->fifo[0], w->pending - first);
+    } else if (s != NULL) {
+        for (i = 0; i < w->pending; i++)
+            s->done(s->it, fifo_at(w, w->recv + i));
     }
     w->recv += w->pending;
     w->pending = 0;
@@ -838,7 +855,8 @@ static int c_frame_end(void *ud, const struct pmap__frame *f)
     return 0;
 }
 
-static const struct pmap__decoder_ops caller_ops = {c_frame, c_record, c_record_end, c_frame_end};
+/* No record_end: c_record counts the record (see there). */
+static const struct pmap__decoder_ops caller_ops = {c_frame, c_record, NULL, c_frame_end};
 
 /* Read what the worker has written (up to a budget). */
 static void read_worker(struct pmap_pool *p, struct worker *w, uint64_t now)
@@ -1033,7 +1051,9 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     struct pmap__frame f;
     unsigned char *out;
     size_t inl = PMAP__HDR_SIZE + PMAP__TRL_SIZE, start, pos;
-    uint32_t k;
+    struct pmap__rec **fifo;
+    uint64_t sent;
+    uint32_t k, mask;
     int rc;
 
     if (n == 0)
@@ -1061,6 +1081,11 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     if (inl > SIZE_MAX - w->txbuf.len || pmap__buf_reserve(&w->txbuf, w->txbuf.len + inl) != 0)
         return PMAP_ENOMEM;
     out = w->txbuf.data;
+    /* In locals: stores through `out` would otherwise make the compiler
+     * reload them for every record. */
+    fifo = w->fifo;
+    mask = w->fifo_cap - 1;
+    sent = w->sent;
     start = pos = w->txbuf.len;
     w->txbuf.len += inl;
     pmap__frame_hdr(out + pos, &f);
@@ -1068,6 +1093,9 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     for (k = 0; k < n; k++) {
         const struct pmap_buf *b = &recs[k]->param;
 
+        /* Filled ahead of w->sent, which alone makes the entry live: on
+         * an error below the map fails and nothing reads it. */
+        fifo[(sent + k) & mask] = recs[k];
         pmap__rec_hdr(out + pos, PMAP__R_OK, 0, b->len);
         pos += PMAP__REC_SIZE;
         if (b->len > INLINE_MAX) {
@@ -1087,8 +1115,6 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     rc = seg_add(w, NULL, start, pos - start);
     if (rc != 0)
         return rc;
-    for (k = 0; k < n; k++)
-        w->fifo[(w->sent + k) & (w->fifo_cap - 1)] = recs[k];
     w->sent += n;
     return 0; /* written by the next pump(), under one SIGPIPE guard */
 }

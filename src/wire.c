@@ -77,13 +77,6 @@ void pmap__frame_trl(unsigned char out[PMAP__TRL_SIZE], const struct pmap__frame
     put32(out + 4, mix(get32(h + 28), f->bytes ^ f->seq));
 }
 
-void pmap__rec_hdr(unsigned char out[PMAP__REC_SIZE], unsigned status, int code, uint64_t len)
-{
-    put32(out, (uint32_t)status);
-    memcpy(out + 4, &code, 4);
-    put64(out + 8, len);
-}
-
 void pmap__decoder_init(struct pmap__decoder *d, const struct pmap__decoder_ops *ops, void *ud,
                         uint64_t max_record)
 {
@@ -168,7 +161,7 @@ static int parse_rec(struct pmap__decoder *d, const unsigned char *r)
 
 static int end_rec(struct pmap__decoder *d)
 {
-    int rc = d->ops->record_end(d->ud);
+    int rc = d->ops->record_end != NULL ? d->ops->record_end(d->ud) : 0;
 
     if (rc != 0)
         return fail(d, rc);
@@ -198,32 +191,66 @@ static int parse_trl(struct pmap__decoder *d, const unsigned char *t)
 
 /* Records that lie whole in the input one after another (the common case
  * of small records) are decoded here without going round the state
- * machine for each piece. Stops at the first record that is not whole, at
- * the end of the frame's records, or on an error, which it returns. */
+ * machine for each piece: the checks of parse_rec and end_rec, inlined,
+ * with the frame's counters kept in registers, because for records of a
+ * few bytes this loop is most of what the caller does per result. Stops at
+ * the first record that is not whole, at the end of the frame's records,
+ * or on an error, which it returns. */
 static int whole_records(struct pmap__decoder *d, const unsigned char **pp, size_t *pn)
 {
+    const struct pmap__decoder_ops *ops = d->ops;
     const unsigned char *p = *pp;
     size_t n = *pn;
+    uint64_t bytes_left = d->bytes_left;
+    uint32_t recs_left = d->recs_left;
+    const uint64_t max_record = d->max_record;
     int rc = 0;
 
     while (n >= PMAP__REC_SIZE) {
         uint64_t len = get64(p + 8);
+        uint32_t status = get32(p);
+        int code;
+        unsigned char *dst;
 
         if (len > n - PMAP__REC_SIZE)
             break;
-        rc = parse_rec(d, p);
-        if (rc != 0)
+        memcpy(&code, p + 4, 4);
+        /* status 0 with code 0 (a success) is one 64-bit compare; the
+         * rest are the same checks as parse_rec. */
+        if (get64(p) != 0 && (status != PMAP__R_TASKERR || code == 0 || len != 0)) {
+            rc = fail(d, PMAP_EPROTO);
             break;
+        }
+        if (len > max_record || bytes_left < PMAP__REC_SIZE ||
+            len > bytes_left - PMAP__REC_SIZE) {
+            rc = fail(d, PMAP_EPROTO);
+            break;
+        }
+        bytes_left -= PMAP__REC_SIZE + len;
+        recs_left--;
+        dst = ops->record(d->ud, status, code, len);
+        if (dst == NULL) {
+            rc = fail(d, d->rc ? d->rc : PMAP_ENOMEM);
+            break;
+        }
         if (len)
-            pmap__copy(d->dst, p + PMAP__REC_SIZE, (size_t)len);
-        d->dst += len;
-        d->data_left = 0;
+            pmap__copy(dst, p + PMAP__REC_SIZE, (size_t)len);
         p += PMAP__REC_SIZE + (size_t)len;
         n -= PMAP__REC_SIZE + (size_t)len;
-        rc = end_rec(d);
-        if (rc != 0 || d->state != S_REC)
+        if (ops->record_end != NULL && (rc = ops->record_end(d->ud)) != 0) {
+            rc = fail(d, rc);
             break;
+        }
+        if (recs_left == 0) {
+            if (bytes_left != 0)
+                rc = fail(d, PMAP_EPROTO);
+            else
+                d->state = S_TRL;
+            break;
+        }
     }
+    d->bytes_left = bytes_left;
+    d->recs_left = recs_left;
     *pp = p;
     *pn = n;
     return rc;
