@@ -148,18 +148,24 @@ void pmap__fdreg_child(int keep1, int keep2);
 
 /*
  * A frame is a header, `count` records and a trailer. Each record is a
- * 16-byte record header and `len` bytes. Integers are in the host's byte
+ * record header and `len` bytes: 8 bytes of header, or 16 for a record
+ * of 4 GiB or more, whose 32-bit length field holds the escape value and
+ * the real length follows (small records are the common case, and every
+ * header byte is copied twice through a pipe). Integers are in the host's byte
  * order (both ends run on one machine). The header carries a check value
  * over its own fields and the trailer one over the header's, so that bytes
  * a buggy task scribbles into the stream are caught at the next boundary.
  *
  *   header  (32): magic u32 | kind u16 | version u16 | count u32 | seq u32 |
  *                 bytes u64 (records incl. their headers) | aux u32 | check u32
- *   record  (16): status u32 (0 ok, 1 task error) | code i32 | len u64
+ *   record   (8): len u32 | code i32 (0: ok; else a task error, len 0)
+ *   record  (16): 0xffffffff u32 | code i32 | len u64 (>= 0xffffffff)
  *   trailer  (8): magic u32 | check u32
  */
 #define PMAP__HDR_SIZE 32u
-#define PMAP__REC_SIZE 16u
+#define PMAP__REC_SIZE 8u   /* record header */
+#define PMAP__REC_XSIZE 16u /* record header with the 64-bit length */
+#define PMAP__REC_XLEN 0xffffffffu
 #define PMAP__TRL_SIZE 8u
 
 enum pmap__kind {
@@ -175,21 +181,31 @@ struct pmap__frame {
     unsigned kind;
     uint32_t count;
     uint32_t seq;   /* low 32 bits of the sequence number of the first record */
-    uint64_t bytes; /* PMAP__REC_SIZE * count + sum of the record lengths */
+    uint64_t bytes; /* the records with their headers */
     uint32_t aux;
 };
 
 void pmap__frame_hdr(unsigned char out[PMAP__HDR_SIZE], const struct pmap__frame *f);
 void pmap__frame_trl(unsigned char out[PMAP__TRL_SIZE], const struct pmap__frame *f);
-/* Inline: written once per record on both sides of every pipe. */
-static inline void pmap__rec_hdr(unsigned char out[PMAP__REC_SIZE], unsigned status, int code,
-                                 uint64_t len)
+/* Bytes of the header of a record of `len` bytes. */
+static inline size_t pmap__rec_hdr_size(uint64_t len)
 {
-    uint32_t st = (uint32_t)status;
+    return len < PMAP__REC_XLEN ? PMAP__REC_SIZE : PMAP__REC_XSIZE;
+}
 
-    memcpy(out, &st, 4);
+/* Write a record header (code 0: a success; else a task error, len 0);
+ * returns its size. Inline: written once per record on both sides of
+ * every pipe. */
+static inline size_t pmap__rec_hdr(unsigned char *out, int code, uint64_t len)
+{
+    uint32_t len32 = len < PMAP__REC_XLEN ? (uint32_t)len : PMAP__REC_XLEN;
+
+    memcpy(out, &len32, 4);
     memcpy(out + 4, &code, 4);
+    if (len32 != PMAP__REC_XLEN)
+        return PMAP__REC_SIZE;
     memcpy(out + 8, &len, 8);
+    return PMAP__REC_XSIZE;
 }
 
 /*
@@ -221,6 +237,7 @@ struct pmap__decoder {
     uint64_t bytes_left;
     unsigned char *dst; /* payload destination of the current record */
     uint64_t data_left;
+    int xcode; /* code of a record whose 64-bit length is still due */
     unsigned char tmp[PMAP__HDR_SIZE];
     size_t tmp_len;
 };
@@ -243,7 +260,7 @@ int pmap__decoder_idle(const struct pmap__decoder *d);
  * few bytes this loop is most of what each side of a pipe does per record,
  * and an indirect call per record was a fifth of it.
  */
-enum { PMAP__S_HDR, PMAP__S_REC, PMAP__S_DATA, PMAP__S_TRL, PMAP__S_ERR };
+enum { PMAP__S_HDR, PMAP__S_REC, PMAP__S_XLEN, PMAP__S_DATA, PMAP__S_TRL, PMAP__S_ERR };
 
 /* A record that lies whole in the input: its header fields and payload.
  * Returns 0, or a status that stops the decoder. */
@@ -260,8 +277,8 @@ int pmap__decode_step(struct pmap__decoder *d, const unsigned char **pp, size_t 
  * of the state machine and the frame's counters kept in registers. Stops
  * at the first record that is not whole, at the end of the frame's
  * records, or on an error, which it returns. */
-static inline int pmap__decode_whole(struct pmap__decoder *d, const unsigned char **pp,
-                                     size_t *pn, pmap__whole_fn fn)
+static inline int pmap__decode_whole(struct pmap__decoder *d, const unsigned char **pp, size_t *pn,
+                                     pmap__whole_fn fn)
 {
     const unsigned char *p = *pp;
     size_t n = *pn;
@@ -271,27 +288,23 @@ static inline int pmap__decode_whole(struct pmap__decoder *d, const unsigned cha
     int rc = 0;
 
     while (n >= PMAP__REC_SIZE) {
-        uint64_t len, head;
-        uint32_t status;
+        uint32_t len;
         int code;
 
-        memcpy(&len, p + 8, 8);
-        if (len > n - PMAP__REC_SIZE)
-            break;
-        memcpy(&head, p, 8);
-        memcpy(&status, p, 4);
+        memcpy(&len, p, 4);
         memcpy(&code, p + 4, 4);
-        /* A success (status 0, code 0) is one 64-bit compare; a task error
-         * has a code and no payload; nothing else is valid. */
-        if ((head != 0 && (status != PMAP__R_TASKERR || code == 0 || len != 0)) ||
-            len > max_record || bytes_left < PMAP__REC_SIZE ||
+        /* The escape (a 64-bit length follows) takes the general way. */
+        if (len > n - PMAP__REC_SIZE || len == PMAP__REC_XLEN)
+            break;
+        /* A task error has no payload. */
+        if ((code != 0 && len != 0) || len > max_record || bytes_left < PMAP__REC_SIZE ||
             len > bytes_left - PMAP__REC_SIZE) {
             rc = pmap__decoder_fail(d, PMAP_EPROTO);
             break;
         }
         bytes_left -= PMAP__REC_SIZE + len;
         recs_left--;
-        rc = fn(d, status, code, p + PMAP__REC_SIZE, len);
+        rc = fn(d, code != 0 ? PMAP__R_TASKERR : PMAP__R_OK, code, p + PMAP__REC_SIZE, len);
         p += PMAP__REC_SIZE + (size_t)len;
         n -= PMAP__REC_SIZE + (size_t)len;
         if (rc != 0) {

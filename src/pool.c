@@ -53,10 +53,10 @@
  * followed by SAMPLE_EVERY - 1 untimed ones (each counted at that time). */
 #define SAMPLE_BELOW_NS 4000u
 #define SAMPLE_EVERY 32u
-#define TERM_GRACE_NS 50000000u    /* SIGTERM -> SIGKILL for a timed-out worker */
-#define EXIT_WAIT_NS 1000000000u   /* EOF seen, process not yet gone -> SIGKILL */
-#define STOP_GRACE_NS 500000000u   /* pool_destroy: idle workers to exit on EOF */
-#define UNEXPLAINED_TRIES 3u       /* re-runs before an unexplained crash is blamed */
+#define TERM_GRACE_NS 50000000u  /* SIGTERM -> SIGKILL for a timed-out worker */
+#define EXIT_WAIT_NS 1000000000u /* EOF seen, process not yet gone -> SIGKILL */
+#define STOP_GRACE_NS 500000000u /* pool_destroy: idle workers to exit on EOF */
+#define UNEXPLAINED_TRIES 3u     /* re-runs before an unexplained crash is blamed */
 
 /* Worker exit statuses of the library's own making. */
 #define EXIT_INIT 120   /* worker_init failed */
@@ -112,10 +112,10 @@ struct worker {
     int rcode;
     uint64_t deadline_ns;
     uint64_t next_reap_ns; /* next look for an exit that no EOF announced */
-    uint64_t sent;    /* records sent to this process */
-    uint64_t recv;    /* results accepted */
-    uint32_t pending; /* results of the current frame, accepted at its trailer */
-    uint64_t blame;   /* K_TIMEOUT: the record that ran too long */
+    uint64_t sent;         /* records sent to this process */
+    uint64_t recv;         /* results accepted */
+    uint32_t pending;      /* results of the current frame, accepted at its trailer */
+    uint64_t blame;        /* K_TIMEOUT: the record that ran too long */
     /* Records in flight: fifo[seq & (fifo_cap - 1)] for seq in [recv, sent). */
     struct pmap__rec **fifo;
     uint32_t fifo_cap;
@@ -212,19 +212,20 @@ static void worker_flush(struct wctx *c)
 static void worker_send_big(struct wctx *c, uint64_t task_ns)
 {
     struct pmap__frame f;
-    unsigned char head[PMAP__HDR_SIZE + PMAP__REC_SIZE], trl[PMAP__TRL_SIZE];
+    unsigned char head[PMAP__HDR_SIZE + PMAP__REC_XSIZE], trl[PMAP__TRL_SIZE];
+    size_t hsize = pmap__rec_hdr_size(c->result.len);
     struct iovec iov[3];
 
     f.kind = PMAP__K_RESULTS;
     f.count = 1;
     f.seq = (uint32_t)c->out_first;
-    f.bytes = PMAP__REC_SIZE + c->result.len;
+    f.bytes = hsize + c->result.len;
     f.aux = task_ns / 1000u > UINT32_MAX ? UINT32_MAX : (uint32_t)(task_ns / 1000u);
     pmap__frame_hdr(head, &f);
-    pmap__rec_hdr(head + PMAP__HDR_SIZE, PMAP__R_OK, 0, c->result.len);
+    pmap__rec_hdr(head + PMAP__HDR_SIZE, 0, c->result.len);
     pmap__frame_trl(trl, &f);
     iov[0].iov_base = head;
-    iov[0].iov_len = sizeof head;
+    iov[0].iov_len = PMAP__HDR_SIZE + hsize;
     iov[1].iov_base = c->result.data;
     iov[1].iov_len = c->result.len;
     iov[2].iov_base = trl;
@@ -339,11 +340,11 @@ static int w_run(struct wctx *c, const unsigned char *param, size_t param_len)
     } else {
         size_t len = rc != 0 ? 0 : c->result.len;
 
+        /* len < BIG_RESULT: the short record header */
         need = c->out.len + PMAP__REC_SIZE + len;
         if (need > c->out.cap && pmap__buf_reserve(&c->out, need) != 0)
             worker_exit(EXIT_IO);
-        pmap__rec_hdr(c->out.data + c->out.len, rc != 0 ? PMAP__R_TASKERR : PMAP__R_OK, rc,
-                      len);
+        pmap__rec_hdr(c->out.data + c->out.len, rc, len);
         if (len)
             pmap__copy(c->out.data + c->out.len + PMAP__REC_SIZE, c->result.data, len);
         c->out.len = need;
@@ -438,8 +439,7 @@ static void worker_signals(void)
             continue;
         if (sigaction(sig, NULL, &sa) != 0)
             continue;
-        if ((sa.sa_flags & SA_SIGINFO) ||
-            (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN)) {
+        if ((sa.sa_flags & SA_SIGINFO) || (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN)) {
             memset(&sa, 0, sizeof sa);
             sa.sa_handler = SIG_DFL;
             sigemptyset(&sa.sa_mask);
@@ -1126,8 +1126,8 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     for (k = 0; k < n; k++) {
         size_t len = recs[k]->param.len;
 
-        f.bytes += PMAP__REC_SIZE + len;
-        inl += PMAP__REC_SIZE + (len <= INLINE_MAX ? len : 0);
+        f.bytes += pmap__rec_hdr_size(len) + len;
+        inl += pmap__rec_hdr_size(len) + (len <= INLINE_MAX ? len : 0);
     }
     /* One reservation for the whole frame, then the headers and the small
      * parameters are written in place; a large parameter is a segment of
@@ -1151,8 +1151,7 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
         /* Filled ahead of w->sent, which alone makes the entry live: on
          * an error below the map fails and nothing reads it. */
         fifo[(sent + k) & mask] = recs[k];
-        pmap__rec_hdr(out + pos, PMAP__R_OK, 0, b->len);
-        pos += PMAP__REC_SIZE;
+        pos += pmap__rec_hdr(out + pos, 0, b->len);
         if (b->len > INLINE_MAX) {
             rc = seg_add(w, NULL, start, pos - start);
             if (rc == 0)

@@ -12,10 +12,11 @@
 
 #define MAGIC_HDR 0x50414d50u /* "PMAP" in little-endian memory order */
 #define MAGIC_TRL 0x444e4521u
-#define WIRE_VERSION 1u
+#define WIRE_VERSION 2u
 
 #define S_HDR PMAP__S_HDR
 #define S_REC PMAP__S_REC
+#define S_XLEN PMAP__S_XLEN
 #define S_DATA PMAP__S_DATA
 #define S_TRL PMAP__S_TRL
 #define S_ERR PMAP__S_ERR
@@ -126,8 +127,8 @@ static int parse_hdr(struct pmap__decoder *d, const unsigned char *h)
         /* Each record is at least its header and at most header + limit. */
         if (f.bytes < (uint64_t)f.count * PMAP__REC_SIZE)
             return pmap__decoder_fail(d, PMAP_EPROTO);
-        if (d->max_record < UINT64_MAX / PMAP__FRAME_MAX_COUNT - PMAP__REC_SIZE &&
-            f.bytes > (uint64_t)f.count * (PMAP__REC_SIZE + d->max_record))
+        if (d->max_record < UINT64_MAX / PMAP__FRAME_MAX_COUNT - PMAP__REC_XSIZE &&
+            f.bytes > (uint64_t)f.count * (pmap__rec_hdr_size(d->max_record) + d->max_record))
             return pmap__decoder_fail(d, PMAP_EPROTO);
     }
     d->f = f;
@@ -140,27 +141,46 @@ static int parse_hdr(struct pmap__decoder *d, const unsigned char *h)
     return 0;
 }
 
-static int parse_rec(struct pmap__decoder *d, const unsigned char *r)
+/* A record of `len` bytes with a header of `hsize` bytes starts. */
+static int begin_rec(struct pmap__decoder *d, int code, uint64_t len, size_t hsize)
 {
-    uint32_t status = get32(r);
-    int code;
-    uint64_t len = get64(r + 8);
-
-    memcpy(&code, r + 4, 4);
-    if (status > PMAP__R_TASKERR || (status == PMAP__R_OK && code != 0) ||
-        (status == PMAP__R_TASKERR && (code == 0 || len != 0)))
+    /* A task error has no payload. */
+    if ((code != 0 && len != 0) || len > d->max_record || d->bytes_left < hsize ||
+        len > d->bytes_left - hsize)
         return pmap__decoder_fail(d, PMAP_EPROTO);
-    if (len > d->max_record || d->bytes_left < PMAP__REC_SIZE ||
-        len > d->bytes_left - PMAP__REC_SIZE)
-        return pmap__decoder_fail(d, PMAP_EPROTO);
-    d->bytes_left -= PMAP__REC_SIZE + len;
+    d->bytes_left -= hsize + len;
     d->recs_left--;
-    d->dst = d->ops->record(d->ud, status, code, len);
+    d->dst = d->ops->record(d->ud, code != 0 ? PMAP__R_TASKERR : PMAP__R_OK, code, len);
     if (d->dst == NULL)
         return pmap__decoder_fail(d, d->rc ? d->rc : PMAP_ENOMEM);
     d->data_left = len;
     d->state = S_DATA;
     return 0;
+}
+
+static int parse_rec(struct pmap__decoder *d, const unsigned char *r)
+{
+    uint32_t len = get32(r);
+    int code;
+
+    memcpy(&code, r + 4, 4);
+    if (len == PMAP__REC_XLEN) {
+        d->xcode = code;
+        d->state = S_XLEN;
+        return 0;
+    }
+    return begin_rec(d, code, len, PMAP__REC_SIZE);
+}
+
+/* The 64-bit length of an escaped record: only lengths that do not fit
+ * the 32-bit field may use it, so that every record has one encoding. */
+static int parse_xlen(struct pmap__decoder *d, const unsigned char *x)
+{
+    uint64_t len = get64(x);
+
+    if (len < PMAP__REC_XLEN)
+        return pmap__decoder_fail(d, PMAP_EPROTO);
+    return begin_rec(d, d->xcode, len, PMAP__REC_XSIZE);
 }
 
 static int end_rec(struct pmap__decoder *d)
@@ -236,7 +256,10 @@ int pmap__decode_step(struct pmap__decoder *d, const unsigned char **pp, size_t 
     default:
         break;
     }
-    need = d->state == S_HDR ? PMAP__HDR_SIZE : d->state == S_REC ? PMAP__REC_SIZE : PMAP__TRL_SIZE;
+    need = d->state == S_HDR    ? PMAP__HDR_SIZE
+           : d->state == S_REC  ? PMAP__REC_SIZE
+           : d->state == S_XLEN ? PMAP__REC_XSIZE - PMAP__REC_SIZE
+                                : PMAP__TRL_SIZE;
     if (d->tmp_len == 0 && n >= need) {
         /* The common case: the whole piece is in the input; parse it where
          * it is instead of gathering it byte by byte. */
@@ -258,6 +281,8 @@ int pmap__decode_step(struct pmap__decoder *d, const unsigned char **pp, size_t 
         rc = parse_hdr(d, h);
     else if (d->state == S_REC)
         rc = parse_rec(d, h);
+    else if (d->state == S_XLEN)
+        rc = parse_xlen(d, h);
     else
         rc = parse_trl(d, h);
     /* A zero-length payload completes at once. */

@@ -148,7 +148,7 @@ static inline size_t fo_junk(uint32_t variant, unsigned char *buf)
         f.seq = 0x7fff0000u;
         f.bytes = PMAP__REC_SIZE;
         pmap__frame_hdr(buf, &f);
-        pmap__rec_hdr(buf + PMAP__HDR_SIZE, 0, 0, 0);
+        pmap__rec_hdr(buf + PMAP__HDR_SIZE, 0, 0);
         pmap__frame_trl(buf + PMAP__HDR_SIZE + PMAP__REC_SIZE, &f);
         return PMAP__HDR_SIZE + PMAP__REC_SIZE + PMAP__TRL_SIZE;
     default:

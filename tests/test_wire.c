@@ -82,7 +82,7 @@ static void put_frame(struct bytes *b, unsigned kind, uint32_t seq, uint32_t aux
                       const struct trec *recs, uint32_t n, size_t *offs)
 {
     struct pmap__frame f;
-    unsigned char h[PMAP__HDR_SIZE], r[PMAP__REC_SIZE], t[PMAP__TRL_SIZE];
+    unsigned char h[PMAP__HDR_SIZE], r[PMAP__REC_XSIZE], t[PMAP__TRL_SIZE];
     uint32_t i;
     size_t j;
 
@@ -92,12 +92,13 @@ static void put_frame(struct bytes *b, unsigned kind, uint32_t seq, uint32_t aux
     f.aux = aux;
     f.bytes = 0;
     for (i = 0; i < n; i++)
-        f.bytes += PMAP__REC_SIZE + recs[i].len;
+        f.bytes += pmap__rec_hdr_size(recs[i].len) + recs[i].len;
     pmap__frame_hdr(h, &f);
     b_put(b, h, sizeof h);
     for (i = 0; i < n; i++) {
-        pmap__rec_hdr(r, recs[i].status, recs[i].code, recs[i].len);
-        b_put(b, r, sizeof r);
+        /* The status is implied by the code. */
+        assert_int_equal(recs[i].status, recs[i].code ? PMAP__R_TASKERR : PMAP__R_OK);
+        b_put(b, r, pmap__rec_hdr(r, recs[i].code, recs[i].len));
         if (offs != NULL)
             offs[i] = b->len;
         for (j = 0; j < recs[i].len; j++) {
@@ -143,6 +144,7 @@ static uint32_t t_get32(const unsigned char *p)
 }
 
 #define T_MAGIC 0x50414d50u
+#define T_VERSION 2u
 
 static void raw_hdr(unsigned char h[PMAP__HDR_SIZE], uint32_t magic, unsigned kind,
                     unsigned version, uint32_t count, uint32_t seq, uint64_t bytes, uint32_t aux)
@@ -176,7 +178,7 @@ static void test_encoder_matches_copy(void **state)
         unsigned char a[PMAP__HDR_SIZE], b[PMAP__HDR_SIZE];
 
         pmap__frame_hdr(a, &fs[i]);
-        raw_hdr(b, T_MAGIC, fs[i].kind, 1, fs[i].count, fs[i].seq, fs[i].bytes, fs[i].aux);
+        raw_hdr(b, T_MAGIC, fs[i].kind, T_VERSION, fs[i].count, fs[i].seq, fs[i].bytes, fs[i].aux);
         assert_memory_equal(a, b, PMAP__HDR_SIZE);
     }
 }
@@ -382,7 +384,7 @@ static void check_seen(const struct sink *s, const struct tframe *fr, unsigned n
         for (i = 0; i < fr[k].n; i++) {
             const struct seen_rec *r = &s->recs[ri++];
 
-            bytes += PMAP__REC_SIZE + fr[k].recs[i].len;
+            bytes += pmap__rec_hdr_size(fr[k].recs[i].len) + fr[k].recs[i].len;
             assert_true(ri <= s->nrecs);
             assert_int_equal(r->status, fr[k].recs[i].status);
             assert_int_equal(r->code, fr[k].recs[i].code);
@@ -665,11 +667,23 @@ static void test_direct_none_outside_payload(void **state)
 
 #define BAD_MAX 64u
 
-static void put_rec(struct bytes *b, unsigned status, int code, uint64_t len)
+static void put_rec(struct bytes *b, int code, uint64_t len)
 {
-    unsigned char r[PMAP__REC_SIZE];
+    unsigned char r[PMAP__REC_XSIZE];
 
-    pmap__rec_hdr(r, status, code, len);
+    b_put(b, r, pmap__rec_hdr(r, code, len));
+}
+
+/* A record header in the long form whatever the length (the encoder uses
+ * it only for lengths that need it). */
+static void put_xrec(struct bytes *b, int code, uint64_t len)
+{
+    unsigned char r[PMAP__REC_XSIZE];
+    uint32_t esc = PMAP__REC_XLEN;
+
+    memcpy(r, &esc, 4);
+    memcpy(r + 4, &code, 4);
+    memcpy(r + 8, &len, 8);
     b_put(b, r, sizeof r);
 }
 
@@ -720,7 +734,8 @@ static void good_frame(struct bytes *b)
 
 enum bad_id {
     B_MAGIC,
-    B_VERSION2,
+    B_VERSION_NEXT,
+    B_VERSION_OLD,
     B_VERSION0,
     B_CHECK_FIELD,
     B_CHECK_SEQ,
@@ -739,10 +754,10 @@ enum bad_id {
     B_REC_OVERRUN,
     B_REC2_OVERRUN,
     B_BYTES_LEFT,
-    B_STATUS2,
-    B_STATUS_MAX,
-    B_OK_WITH_CODE,
-    B_TASKERR_ZERO_CODE,
+    B_XLEN_SMALL,
+    B_XLEN_ZERO,
+    B_XLEN_OVER_MAX,
+    B_XLEN_TASKERR,
     B_TASKERR_WITH_LEN,
     B_TRL_MAGIC,
     B_TRL_CHECK,
@@ -754,7 +769,8 @@ enum bad_id {
 
 static const char *const bad_names[B_COUNT] = {
     "bad magic",
-    "version 2",
+    "next version",
+    "previous version",
     "version 0",
     "bad header check field",
     "seq changed after the check",
@@ -773,10 +789,10 @@ static const char *const bad_names[B_COUNT] = {
     "record overruns the frame",
     "second record overruns the frame",
     "bytes left after the last record",
-    "status 2",
-    "status 0xffffffff",
-    "status ok with code",
-    "task error with code 0",
+    "long-form length that fits 32 bits",
+    "long-form length 0",
+    "long-form length over max",
+    "task error with a long-form length",
     "task error with payload",
     "bad trailer magic",
     "bad trailer check",
@@ -795,11 +811,16 @@ static void make_bad(struct bytes *b, enum bad_id id)
         good_frame(b);
         b->p[start] ^= 0x01;
         break;
-    case B_VERSION2:
+    case B_VERSION_NEXT:
+    case B_VERSION_OLD:
     case B_VERSION0:
-        raw_hdr(h, T_MAGIC, PMAP__K_RESULTS, id == B_VERSION2 ? 2 : 0, 1, 0, PMAP__REC_SIZE + 1, 0);
+        raw_hdr(h, T_MAGIC, PMAP__K_RESULTS,
+                id == B_VERSION_NEXT  ? T_VERSION + 1
+                : id == B_VERSION_OLD ? T_VERSION - 1
+                                      : 0,
+                1, 0, PMAP__REC_SIZE + 1, 0);
         b_put(b, h, sizeof h);
-        put_rec(b, PMAP__R_OK, 0, 1);
+        put_rec(b, 0, 1);
         put_fill(b, 1, 'x');
         put_trl_for(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_SIZE + 1, 0);
         break;
@@ -824,29 +845,29 @@ static void make_bad(struct bytes *b, enum bad_id id)
     case B_COUNT_MAX:
         put_hdr(b, PMAP__K_RESULTS, PMAP__FRAME_MAX_COUNT + 1, 0,
                 (uint64_t)(PMAP__FRAME_MAX_COUNT + 1) * PMAP__REC_SIZE);
-        put_rec(b, PMAP__R_OK, 0, 0);
+        put_rec(b, 0, 0);
         break;
     case B_BYTES_SMALL:
         put_hdr(b, PMAP__K_RESULTS, 2, 0, 2 * PMAP__REC_SIZE - 1);
-        put_rec(b, PMAP__R_OK, 0, 0);
-        put_rec(b, PMAP__R_OK, 0, 0);
+        put_rec(b, 0, 0);
+        put_rec(b, 0, 0);
         break;
     case B_BYTES_LARGE:
         put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_SIZE + BAD_MAX + 1);
-        put_rec(b, PMAP__R_OK, 0, BAD_MAX + 1);
+        put_rec(b, 0, BAD_MAX + 1);
         put_fill(b, BAD_MAX + 1, 'y');
         break;
     case B_BYTES_HUGE:
         put_hdr(b, PMAP__K_TASKS, 1, 0, UINT64_MAX);
-        put_rec(b, PMAP__R_OK, 0, UINT64_MAX - PMAP__REC_SIZE);
+        put_rec(b, 0, UINT64_MAX - PMAP__REC_SIZE);
         break;
     case B_BYTES_NO_RECORDS:
         put_hdr(b, PMAP__K_RESULTS, 0, 0, PMAP__REC_SIZE);
-        put_rec(b, PMAP__R_OK, 0, 0);
+        put_rec(b, 0, 0);
         break;
     case B_READY_COUNT:
         put_hdr(b, PMAP__K_READY, 1, 0, PMAP__REC_SIZE);
-        put_rec(b, PMAP__R_OK, 0, 0);
+        put_rec(b, 0, 0);
         put_trl_for(b, PMAP__K_READY, 1, 0, PMAP__REC_SIZE, 0);
         break;
     case B_RETIRE_BYTES:
@@ -856,50 +877,59 @@ static void make_bad(struct bytes *b, enum bad_id id)
     case B_REC_OVER_MAX:
         /* The frame's total fits two records of max; the first claims more. */
         put_hdr(b, PMAP__K_RESULTS, 2, 0, 2 * PMAP__REC_SIZE + BAD_MAX + 10);
-        put_rec(b, PMAP__R_OK, 0, BAD_MAX + 10);
+        put_rec(b, 0, BAD_MAX + 10);
         put_fill(b, BAD_MAX + 10, 'z');
-        put_rec(b, PMAP__R_OK, 0, 0);
+        put_rec(b, 0, 0);
         break;
     case B_REC_HUGE:
         put_hdr(b, PMAP__K_RESULTS, 2, 0, 2 * PMAP__REC_SIZE + 10);
-        put_rec(b, PMAP__R_OK, 0, UINT64_MAX);
+        put_rec(b, 0, UINT64_MAX);
         put_fill(b, 64, 'z');
         break;
     case B_REC_OVERRUN:
         put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_SIZE + 10);
-        put_rec(b, PMAP__R_OK, 0, 30);
+        put_rec(b, 0, 30);
         put_fill(b, 30, 'o');
         break;
     case B_REC2_OVERRUN:
         put_hdr(b, PMAP__K_RESULTS, 2, 0, 2 * PMAP__REC_SIZE + 10);
-        put_rec(b, PMAP__R_OK, 0, 10);
+        put_rec(b, 0, 10);
         put_fill(b, 10, 'o');
-        put_rec(b, PMAP__R_OK, 0, 1);
+        put_rec(b, 0, 1);
         put_fill(b, 1, 'o');
         break;
     case B_BYTES_LEFT:
         put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_SIZE + 15);
-        put_rec(b, PMAP__R_OK, 0, 10);
+        put_rec(b, 0, 10);
         put_fill(b, 15, 'l');
         break;
-    case B_STATUS2:
-    case B_STATUS_MAX:
-    case B_OK_WITH_CODE:
-    case B_TASKERR_ZERO_CODE:
-    case B_TASKERR_WITH_LEN: {
-        unsigned st = id == B_STATUS2        ? 2u
-                      : id == B_STATUS_MAX   ? 0xffffffffu
-                      : id == B_OK_WITH_CODE ? PMAP__R_OK
-                                             : PMAP__R_TASKERR;
-        int code = id == B_TASKERR_ZERO_CODE ? 0 : 7;
-        uint64_t len = id == B_TASKERR_WITH_LEN ? 4 : 0;
+    case B_XLEN_SMALL:
+    case B_XLEN_ZERO: {
+        /* Well-formed but for the non-canonical length encoding. */
+        uint64_t len = id == B_XLEN_SMALL ? 4 : 0;
 
-        put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_SIZE + len);
-        put_rec(b, st, code, len);
-        put_fill(b, (size_t)len, 's');
-        put_trl_for(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_SIZE + len, 0);
+        put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE + len);
+        put_xrec(b, 0, len);
+        put_fill(b, (size_t)len, 'x');
+        put_trl_for(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE + len, 0);
         break;
     }
+    case B_XLEN_OVER_MAX:
+        put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE + 10);
+        put_xrec(b, 0, (uint64_t)PMAP__REC_XLEN + 1);
+        put_fill(b, 64, 'x');
+        break;
+    case B_XLEN_TASKERR:
+        put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE + 10);
+        put_xrec(b, 7, PMAP__REC_XLEN);
+        put_fill(b, 64, 'x');
+        break;
+    case B_TASKERR_WITH_LEN:
+        put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_SIZE + 4);
+        put_rec(b, 7, 4);
+        put_fill(b, 4, 's');
+        put_trl_for(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_SIZE + 4, 0);
+        break;
     case B_TRL_MAGIC:
         good_frame(b);
         b->p[b->len - PMAP__TRL_SIZE] ^= 0x04;
@@ -1052,13 +1082,83 @@ static void test_unbounded_limit(void **state)
 
     (void)state;
     put_hdr(&b, PMAP__K_RESULTS, 1, 0, PMAP__REC_SIZE + 10);
-    put_rec(&b, PMAP__R_OK, 0, UINT64_MAX);
+    put_rec(&b, 0, UINT64_MAX);
     sink_init(&s, UINT64_MAX);
     pmap__decoder_init(&d, &sink_ops, &s, UINT64_MAX);
     assert_int_equal(pmap__decode(&d, b.p, b.len), PMAP_EPROTO);
     assert_int_equal(s.nrecs, 0);
     sink_free(&s);
     b_free(&b);
+}
+
+/* Records of 4 GiB or more carry the long header. Nothing that large is
+ * allocated here: the test sink hands out one byte and only the headers
+ * are fed, after which the decoder must want the whole payload. */
+static uint64_t long_seen = 1;
+static unsigned char long_byte;
+
+static int l_frame(void *ud, const struct pmap__frame *f)
+{
+    (void)ud;
+    (void)f;
+    return 0;
+}
+
+static unsigned char *l_record(void *ud, unsigned status, int code, uint64_t len)
+{
+    (void)ud;
+    assert_int_equal(status, PMAP__R_OK);
+    assert_int_equal(code, 0);
+    long_seen = len;
+    return &long_byte;
+}
+
+static const struct pmap__decoder_ops long_ops = {l_frame, l_record, NULL, l_frame};
+
+static void test_long_record_header(void **state)
+{
+    static const uint64_t lens[] = {PMAP__REC_XLEN, (uint64_t)PMAP__REC_XLEN + 1,
+                                    (uint64_t)5 << 30};
+    unsigned char r[PMAP__REC_XSIZE];
+    size_t i, cut;
+
+    (void)state;
+    /* The short form up to the escape value, the long one from it on. */
+    assert_int_equal(pmap__rec_hdr_size(PMAP__REC_XLEN - 1), PMAP__REC_SIZE);
+    assert_int_equal(pmap__rec_hdr(r, 0, PMAP__REC_XLEN - 1), PMAP__REC_SIZE);
+    for (i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        struct bytes b = {0}, x = {0};
+
+        assert_int_equal(pmap__rec_hdr_size(lens[i]), PMAP__REC_XSIZE);
+        put_hdr(&b, PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE + lens[i]);
+        put_rec(&b, 0, lens[i]);
+        put_xrec(&x, 0, lens[i]);
+        assert_int_equal(b.len, PMAP__HDR_SIZE + PMAP__REC_XSIZE);
+        assert_memory_equal(b.p + PMAP__HDR_SIZE, x.p, PMAP__REC_XSIZE);
+        for (cut = 0; cut <= b.len; cut++) {
+            struct pmap__decoder d;
+            uint64_t want = 0;
+
+            long_seen = 1;
+            pmap__decoder_init(&d, &long_ops, NULL, lens[i]);
+            assert_int_equal(pmap__decode(&d, b.p, cut), 0);
+            assert_int_equal(pmap__decode(&d, b.p + cut, b.len - cut), 0);
+            assert_int_equal(long_seen, lens[i]);
+            assert_ptr_equal(pmap__decoder_direct(&d, &want), &long_byte);
+            assert_int_equal(want, lens[i]);
+        }
+        /* One byte under the limit: refused before the record starts. */
+        {
+            struct pmap__decoder d;
+
+            long_seen = 1;
+            pmap__decoder_init(&d, &long_ops, NULL, lens[i] - 1);
+            assert_int_equal(pmap__decode(&d, b.p, b.len), PMAP_EPROTO);
+            assert_int_equal(long_seen, 1);
+        }
+        b_free(&b);
+        b_free(&x);
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1115,6 +1215,7 @@ int main(void)
         cmocka_unit_test(test_bad_frames),
         cmocka_unit_test(test_bad_trailer_after_direct),
         cmocka_unit_test(test_unbounded_limit),
+        cmocka_unit_test(test_long_record_header),
         cmocka_unit_test(test_callback_errors),
     };
 

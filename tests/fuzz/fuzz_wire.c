@@ -71,6 +71,8 @@ static unsigned char *on_record(void *ud, unsigned status, int code, uint64_t le
     CHECK(len <= s->max);           /* never more than max_record_bytes */
     CHECK(s->records < s->frame_count);
     CHECK(status == PMAP__R_OK || status == PMAP__R_TASKERR);
+    CHECK((status == PMAP__R_OK) == (code == 0)); /* a task error has a code */
+    CHECK(status == PMAP__R_OK || len == 0);      /* and no payload */
     mixin(s, 2);
     mixin(s, status);
     mixin(s, (uint64_t)(uint32_t)code);

@@ -45,20 +45,20 @@ static void control(unsigned kind, uint32_t seq)
 static void records(unsigned kind, uint32_t seq, uint32_t n, const size_t *lens, const int *errs)
 {
     struct pmap__frame f = {kind, n, seq, 0, 1234};
-    unsigned char h[PMAP__HDR_SIZE], r[PMAP__REC_SIZE], t[PMAP__TRL_SIZE];
+    unsigned char h[PMAP__HDR_SIZE], r[PMAP__REC_XSIZE], t[PMAP__TRL_SIZE];
     uint32_t i;
     size_t k;
 
     for (i = 0; i < n; i++)
-        f.bytes += PMAP__REC_SIZE + (errs && errs[i] ? 0 : lens[i]);
+        f.bytes +=
+            pmap__rec_hdr_size(errs && errs[i] ? 0 : lens[i]) + (errs && errs[i] ? 0 : lens[i]);
     pmap__frame_hdr(h, &f);
     pmap__frame_trl(t, &f);
     put(h, sizeof h);
     for (i = 0; i < n; i++) {
         int err = errs ? errs[i] : 0;
 
-        pmap__rec_hdr(r, err ? PMAP__R_TASKERR : PMAP__R_OK, err, err ? 0 : lens[i]);
-        put(r, sizeof r);
+        put(r, pmap__rec_hdr(r, err, err ? 0 : lens[i]));
         for (k = 0; !err && k < lens[i]; k++) {
             unsigned char b = (unsigned char)(k * 7 + i);
 
@@ -121,6 +121,18 @@ int main(int argc, char **argv)
     put("garbage!", 8);
     control(PMAP__K_RETIRE, 0);
     rc |= save(argv[1], "junk");
+
+    start(6, 8); /* a 5 GiB record's long header, its payload cut short */
+    {
+        struct pmap__frame f = {PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE + ((uint64_t)5 << 30), 0};
+        unsigned char h[PMAP__HDR_SIZE], r[PMAP__REC_XSIZE];
+
+        pmap__frame_hdr(h, &f);
+        put(h, sizeof h);
+        put(r, pmap__rec_hdr(r, 0, (uint64_t)5 << 30));
+        put("payload", 7);
+    }
+    rc |= save(argv[1], "long_header");
 
     start(8 | 2, 7); /* the frame callback refuses RESULTS frames */
     records(PMAP__K_RESULTS, 0, 2, lens + 1, NULL);
