@@ -60,6 +60,7 @@ struct pmap_iter {
     struct pmap__pool_view v;
     pid_t owner;
     unsigned fork_gen; /* pmap__fork_gen() at creation; 0: ask getpid() */
+    unsigned fast_gen; /* fork_gen in input order, else 0 (never a generation) */
     pmap_gen_fn gen;
     void *gen_ctx;
     int ordered;
@@ -595,6 +596,7 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->v = v;
     it->owner = getpid();
     it->fork_gen = pmap__fork_gen();
+    it->fast_gen = ordered ? it->fork_gen : 0u;
     it->gen = gen;
     it->gen_ctx = gen_ctx;
     it->ordered = ordered;
@@ -697,7 +699,7 @@ int pmap_next(pmap_iter *it, pmap_item *item)
      * nothing but counting (not lost, no buffer to trim), and the next
      * record is back with no pump due (the test next_slow makes,
      * ++since_pump >= pump_every). Anything else goes the general way. */
-    if (!it->ordered || it->fork_gen == 0 || it->fork_gen != pmap__fork_gen_value)
+    if (it->fast_gen != pmap__fork_gen_value)
         return next_general(it, item);
     r = it->held;
     if (r != NULL) {
@@ -711,7 +713,9 @@ int pmap_next(pmap_iter *it, pmap_item *item)
         if (++it->out_slot == it->window)
             it->out_slot = 0;
     }
-    if (it->returned < it->generated && it->since_pump + 1u < it->pump_every) {
+    /* A slot is R_DONE only while its record is alive, so no test of
+     * returned < generated is needed. */
+    if (it->since_pump + 1u < it->pump_every) {
         r = &it->recs[it->out_slot];
         if (r->state == R_DONE) {
             it->since_pump++;
