@@ -9,6 +9,8 @@
  *       BENCH_REPEAT: runs per figure, the best is printed (default 3)
  *       BENCH_ONLY: run only the figures whose name contains this
  *       BENCH_CPU: also print caller and worker CPU time per record
+ *       BENCH_WINDOW, BENCH_CHUNK: options window and chunk of the default
+ *       figures (default 0: automatic)
  */
 #include "bench_util.h"
 
@@ -78,7 +80,8 @@ static double run(int ordered, unsigned chunk, uint64_t n)
 
     pmap_options_init(&opt);
     opt.workers = (int)bu_env_long("BENCH_WORKERS", 0);
-    opt.chunk = chunk;
+    opt.chunk = chunk ? chunk : (unsigned)bu_env_long("BENCH_CHUNK", 0);
+    opt.window = (unsigned)bu_env_long("BENCH_WINDOW", 0);
     pool = pmap_pool_create(task_add, NULL, &opt);
     if (pool == NULL) {
         perror("pmap_pool_create");
