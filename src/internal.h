@@ -160,6 +160,12 @@ void pmap__fdreg_child(int keep1, int keep2);
  *                 bytes u64 (records incl. their headers) | aux u32 | check u32
  *   record   (8): len u32 | code i32 (0: ok; else a task error, len 0)
  *   record  (16): 0xffffffff u32 | code i32 | len u64 (>= 0xffffffff)
+ *
+ * A frame of records that all succeeded (or, for tasks, all parameters)
+ * and all have the same length may be sent *uniform* (flag in the kind
+ * field): its records are bare payloads of bytes / count bytes each, no
+ * record headers. Generators and tasks of fixed-size records, the usual
+ * kind, thus move only their payload through the pipes.
  *   trailer  (8): magic u32 | check u32
  */
 #define PMAP__HDR_SIZE 32u
@@ -177,12 +183,15 @@ enum pmap__kind {
 
 enum { PMAP__R_OK = 0, PMAP__R_TASKERR = 1 };
 
+#define PMAP__F_UNIFORM 0x100u /* frame flag: headerless records of bytes / count */
+
 struct pmap__frame {
     unsigned kind;
     uint32_t count;
     uint32_t seq;   /* low 32 bits of the sequence number of the first record */
     uint64_t bytes; /* the records with their headers */
     uint32_t aux;
+    unsigned flags; /* PMAP__F_UNIFORM or 0 */
 };
 
 void pmap__frame_hdr(unsigned char out[PMAP__HDR_SIZE], const struct pmap__frame *f);
@@ -237,7 +246,8 @@ struct pmap__decoder {
     uint64_t bytes_left;
     unsigned char *dst; /* payload destination of the current record */
     uint64_t data_left;
-    int xcode; /* code of a record whose 64-bit length is still due */
+    int xcode;     /* code of a record whose 64-bit length is still due */
+    uint64_t ulen; /* uniform frame: the length of every record */
     unsigned char tmp[PMAP__HDR_SIZE];
     size_t tmp_len;
 };
@@ -326,6 +336,39 @@ static inline int pmap__decode_whole(struct pmap__decoder *d, const unsigned cha
     return rc;
 }
 
+/* The same for a uniform frame, whose records are ulen (> 0) bytes each
+ * and need no checks: the header's check covered their length. At least
+ * one record is whole in the input. */
+static inline int pmap__decode_uniform(struct pmap__decoder *d, const unsigned char **pp,
+                                       size_t *pn, pmap__whole_fn fn)
+{
+    const unsigned char *p = *pp;
+    size_t n = *pn;
+    const size_t len = (size_t)d->ulen;
+    uint32_t recs_left = d->recs_left;
+    int rc = 0;
+
+    do {
+        recs_left--;
+        rc = fn(d, PMAP__R_OK, 0, p, len);
+        p += len;
+        n -= len;
+        if (rc != 0) {
+            rc = pmap__decoder_fail(d, rc);
+            break;
+        }
+        if (recs_left == 0) {
+            d->state = PMAP__S_TRL;
+            break;
+        }
+    } while (n >= len);
+    d->bytes_left = (uint64_t)recs_left * len;
+    d->recs_left = recs_left;
+    *pp = p;
+    *pn = n;
+    return rc;
+}
+
 /* pmap__decode with `fn` for whole records (the ops' record and record_end
  * still serve records split across inputs). */
 static inline int pmap__decode_with(struct pmap__decoder *d, const unsigned char *p, size_t n,
@@ -334,7 +377,15 @@ static inline int pmap__decode_with(struct pmap__decoder *d, const unsigned char
     while (n > 0) {
         int rc;
 
-        if (d->state == PMAP__S_REC && d->tmp_len == 0 && n >= PMAP__REC_SIZE) {
+        if (d->state == PMAP__S_REC && d->tmp_len == 0 && (d->f.flags & PMAP__F_UNIFORM) &&
+            d->ulen != 0 && n >= d->ulen) {
+            rc = pmap__decode_uniform(d, &p, &n, fn);
+            if (rc != 0)
+                return rc;
+            continue;
+        }
+        if (d->state == PMAP__S_REC && d->tmp_len == 0 && n >= PMAP__REC_SIZE &&
+            !(d->f.flags & PMAP__F_UNIFORM)) {
             size_t before = n;
 
             rc = pmap__decode_whole(d, &p, &n, fn);

@@ -162,6 +162,8 @@ struct wctx {
     uint64_t begun; /* records whose task has started */
     struct pmap_buf param, result, out;
     uint32_t out_count;
+    int out_uniform; /* `out` holds bare results of out_ulen bytes each */
+    size_t out_ulen;
     uint64_t out_first; /* sequence number of the first result in `out` */
     uint64_t out_t0;    /* when the first result in `out` was finished */
     uint64_t out_task_ns;
@@ -189,6 +191,7 @@ static void worker_flush(struct wctx *c)
     if (c->out_count == 0)
         return;
     f.kind = PMAP__K_RESULTS;
+    f.flags = c->out_uniform ? PMAP__F_UNIFORM : 0;
     f.count = c->out_count;
     f.seq = (uint32_t)c->out_first;
     f.bytes = c->out.len - PMAP__HDR_SIZE;
@@ -207,6 +210,26 @@ static void worker_flush(struct wctx *c)
     c->out_task_ns = 0;
 }
 
+/* A result that breaks the run of successes of one length: give the
+ * results so far their record headers (back to front, in place). */
+static PMAP__RARE void worker_ununiform(struct wctx *c)
+{
+    size_t k = c->out_count, len = c->out_ulen, i;
+    unsigned char *base;
+
+    if (pmap__buf_reserve(&c->out, PMAP__HDR_SIZE + k * (PMAP__REC_SIZE + len)) != 0)
+        worker_exit(EXIT_IO);
+    base = c->out.data + PMAP__HDR_SIZE;
+    for (i = k; i-- > 0;) {
+        unsigned char *dst = base + i * (PMAP__REC_SIZE + len);
+
+        memmove(dst + PMAP__REC_SIZE, base + i * len, len);
+        pmap__rec_hdr(dst, 0, len);
+    }
+    c->out.len = PMAP__HDR_SIZE + k * (PMAP__REC_SIZE + len);
+    c->out_uniform = 0;
+}
+
 /* A large result travels as a frame of its own, written from the task's
  * buffer without a copy. */
 static void worker_send_big(struct wctx *c, uint64_t task_ns)
@@ -217,6 +240,7 @@ static void worker_send_big(struct wctx *c, uint64_t task_ns)
     struct iovec iov[3];
 
     f.kind = PMAP__K_RESULTS;
+    f.flags = 0;
     f.count = 1;
     f.seq = (uint32_t)c->out_first;
     f.bytes = hsize + c->result.len;
@@ -237,7 +261,7 @@ static void worker_send_big(struct wctx *c, uint64_t task_ns)
 
 static void worker_send_control(struct wctx *c, unsigned kind, uint32_t seq)
 {
-    struct pmap__frame f = {kind, 0, seq, 0, 0};
+    struct pmap__frame f = {kind, 0, seq, 0, 0, 0};
     unsigned char buf[PMAP__HDR_SIZE + PMAP__TRL_SIZE];
     struct iovec iov = {buf, sizeof buf};
 
@@ -340,13 +364,24 @@ static int w_run(struct wctx *c, const unsigned char *param, size_t param_len)
     } else {
         size_t len = rc != 0 ? 0 : c->result.len;
 
-        /* len < BIG_RESULT: the short record header */
-        need = c->out.len + PMAP__REC_SIZE + len;
+        size_t hsize;
+
+        /* Successes of one length go bare (a uniform frame) until a
+         * result differs. len < BIG_RESULT: the short record header. */
+        if (c->out_count == 0) {
+            c->out_uniform = rc == 0;
+            c->out_ulen = len;
+        } else if (c->out_uniform && (rc != 0 || len != c->out_ulen)) {
+            worker_ununiform(c);
+        }
+        hsize = c->out_uniform ? 0 : PMAP__REC_SIZE;
+        need = c->out.len + hsize + len;
         if (need > c->out.cap && pmap__buf_reserve(&c->out, need) != 0)
             worker_exit(EXIT_IO);
-        pmap__rec_hdr(c->out.data + c->out.len, rc, len);
+        if (hsize)
+            pmap__rec_hdr(c->out.data + c->out.len, rc, len);
         if (len)
-            pmap__copy(c->out.data + c->out.len + PMAP__REC_SIZE, c->result.data, len);
+            pmap__copy(c->out.data + c->out.len + hsize, c->result.data, len);
         c->out.len = need;
         c->out_count++;
         c->out_task_ns += task_ns;
@@ -1105,7 +1140,8 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     struct worker *w = &p->w[i];
     struct pmap__frame f;
     unsigned char *out;
-    size_t inl = PMAP__HDR_SIZE + PMAP__TRL_SIZE, start, pos;
+    size_t inl = PMAP__HDR_SIZE + PMAP__TRL_SIZE, start, pos, len0;
+    int uniform = 1;
     struct pmap__rec **fifo;
     uint64_t sent;
     uint32_t k, mask;
@@ -1123,11 +1159,19 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     f.seq = (uint32_t)w->sent;
     f.bytes = 0;
     f.aux = 0;
+    len0 = recs[0]->param.len;
     for (k = 0; k < n; k++) {
         size_t len = recs[k]->param.len;
 
+        uniform &= len == len0;
         f.bytes += pmap__rec_hdr_size(len) + len;
         inl += pmap__rec_hdr_size(len) + (len <= INLINE_MAX ? len : 0);
+    }
+    /* Parameters of one length (the usual case) go bare. */
+    f.flags = uniform ? PMAP__F_UNIFORM : 0;
+    if (uniform) {
+        f.bytes = (uint64_t)n * len0;
+        inl = PMAP__HDR_SIZE + PMAP__TRL_SIZE + (len0 <= INLINE_MAX ? n * len0 : 0);
     }
     /* One reservation for the whole frame, then the headers and the small
      * parameters are written in place; a large parameter is a segment of
@@ -1151,7 +1195,8 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
         /* Filled ahead of w->sent, which alone makes the entry live: on
          * an error below the map fails and nothing reads it. */
         fifo[(sent + k) & mask] = recs[k];
-        pos += pmap__rec_hdr(out + pos, 0, b->len);
+        if (!uniform)
+            pos += pmap__rec_hdr(out + pos, 0, b->len);
         if (b->len > INLINE_MAX) {
             rc = seg_add(w, NULL, start, pos - start);
             if (rc == 0)

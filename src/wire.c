@@ -65,7 +65,7 @@ static uint32_t hdr_check(const unsigned char *h)
 void pmap__frame_hdr(unsigned char out[PMAP__HDR_SIZE], const struct pmap__frame *f)
 {
     put32(out, MAGIC_HDR);
-    put32(out + 4, (uint32_t)f->kind | (WIRE_VERSION << 16));
+    put32(out + 4, (uint32_t)f->kind | (uint32_t)f->flags | (WIRE_VERSION << 16));
     put32(out + 8, f->count);
     put32(out + 12, f->seq);
     put64(out + 16, f->bytes);
@@ -113,16 +113,24 @@ static int parse_hdr(struct pmap__decoder *d, const unsigned char *h)
 
     if (get32(h) != MAGIC_HDR || (kv >> 16) != WIRE_VERSION || get32(h + 28) != hdr_check(h))
         return pmap__decoder_fail(d, PMAP_EPROTO);
-    f.kind = kv & 0xffffu;
+    f.kind = kv & 0xffu;
+    f.flags = kv & 0xff00u;
     f.count = get32(h + 8);
     f.seq = get32(h + 12);
     f.bytes = get64(h + 16);
     f.aux = get32(h + 24);
     if (f.kind < PMAP__K_TASKS || f.kind > PMAP__K_RETIRE || f.count > PMAP__FRAME_MAX_COUNT)
         return pmap__decoder_fail(d, PMAP_EPROTO);
+    if ((f.flags & ~PMAP__F_UNIFORM) != 0)
+        return pmap__decoder_fail(d, PMAP_EPROTO);
     if (f.kind == PMAP__K_READY || f.kind == PMAP__K_RETIRE) {
-        if (f.count != 0 || f.bytes != 0)
+        if (f.count != 0 || f.bytes != 0 || f.flags != 0)
             return pmap__decoder_fail(d, PMAP_EPROTO);
+    } else if (f.flags & PMAP__F_UNIFORM) {
+        /* Records of bytes / count bytes each, exactly. */
+        if (f.count == 0 || f.bytes % f.count != 0 || f.bytes / f.count > d->max_record)
+            return pmap__decoder_fail(d, PMAP_EPROTO);
+        d->ulen = f.bytes / f.count;
     } else {
         /* Each record is at least its header and at most header + limit. */
         if (f.bytes < (uint64_t)f.count * PMAP__REC_SIZE)
@@ -253,6 +261,15 @@ int pmap__decode_step(struct pmap__decoder *d, const unsigned char **pp, size_t 
         goto out;
     case S_ERR:
         return d->rc;
+    case S_REC:
+        if (d->f.flags & PMAP__F_UNIFORM) {
+            /* No record header: the record starts where the last ended. */
+            rc = begin_rec(d, 0, d->ulen, 0);
+            if (rc == 0 && d->data_left == 0)
+                rc = end_rec(d);
+            goto out;
+        }
+        break;
     default:
         break;
     }

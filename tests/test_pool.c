@@ -729,6 +729,78 @@ static int size_task(void *ctx, const void *param, size_t len, pmap_buf *out)
     return 0;
 }
 
+/* Uniform frames: a worker sends a batch of successes of one length as
+ * bare payloads and switches the batch to record headers when a result
+ * differs (another length, or a task error); the caller sends parameters
+ * of one length bare. Runs of 1..n equal results broken at every kind of
+ * place, in batches of 256, must all come back intact. */
+static int run_gen(void *ctx, pmap_buf *param)
+{
+    uint64_t *next = ctx;
+
+    if (*next == 20000)
+        return 0;
+    return pmap_buf_set(param, next, sizeof *next) == PMAP_OK ? (int)(++*next, 1) : -1;
+}
+
+static size_t run_len(uint64_t i)
+{
+    return i % 97 == 50 ? 9 : i % 89 == 0 ? 0 : i % 1000 < 3 ? 100 : 4;
+}
+
+static int run_task(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    uint64_t i;
+    unsigned char *p;
+
+    (void)ctx;
+    if (len != sizeof i)
+        return 1;
+    memcpy(&i, param, sizeof i);
+    if (i % 101 == 60)
+        return (int)(i % 1000) + 2;
+    p = pmap_buf_reserve(out, run_len(i));
+    if (p == NULL)
+        return 1;
+    fill_pattern(p, run_len(i), i);
+    return 0;
+}
+
+static void test_uniform_runs(void **state)
+{
+    struct tu_snap snap;
+    pmap_pool *pool;
+    pmap_iter *it;
+    pmap_item item;
+    uint64_t next = 0, expect = 0;
+    int rc;
+
+    (void)state;
+    tu_snap_take(&snap);
+    pool = make_pool(run_task, NULL, 2, 256, 0);
+    it = pmap_imap(pool, run_gen, &next);
+    assert_non_null(it);
+    while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+        assert_int_equal(item.index, expect);
+        if (expect % 101 == 60) {
+            assert_int_equal(item.status, PMAP_ETASK);
+            assert_int_equal(item.code, (int)(expect % 1000) + 2);
+            assert_int_equal(item.len, 0);
+        } else {
+            assert_int_equal(item.status, PMAP_OK);
+            assert_int_equal(item.len, run_len(expect));
+            if (item.len && !check_pattern(item.data, item.len, expect))
+                fail_msg("result %llu is corrupt", (unsigned long long)expect);
+        }
+        expect++;
+    }
+    assert_int_equal(rc, PMAP_DONE);
+    assert_int_equal(expect, 20000);
+    assert_int_equal(pmap_iter_free(it), PMAP_OK);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    tu_snap_check(&snap);
+}
+
 static void test_record_sizes(void **state)
 {
     struct tu_snap snap;
@@ -1726,6 +1798,7 @@ int main(void)
         cmocka_unit_test(test_empty_results),
         cmocka_unit_test(test_zero_length_params),
         cmocka_unit_test(test_record_sizes),
+        cmocka_unit_test(test_uniform_runs),
         cmocka_unit_test(test_big_records),
         cmocka_unit_test(test_window_64),
         cmocka_unit_test(test_early_free_ordered),

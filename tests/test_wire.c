@@ -77,7 +77,8 @@ struct trec {
 };
 
 /* Append a well-formed frame (records filled with pattern(fid, i, j));
- * where each payload starts goes to offs[i] unless offs is NULL. */
+ * where each payload starts goes to offs[i] unless offs is NULL. `kind`
+ * may carry PMAP__F_UNIFORM: bare records (all successes of one length). */
 static void put_frame(struct bytes *b, unsigned kind, uint32_t seq, uint32_t aux, uint64_t fid,
                       const struct trec *recs, uint32_t n, size_t *offs)
 {
@@ -86,19 +87,28 @@ static void put_frame(struct bytes *b, unsigned kind, uint32_t seq, uint32_t aux
     uint32_t i;
     size_t j;
 
-    f.kind = kind;
+    f.kind = kind & 0xffu;
+    f.flags = kind & 0xff00u;
     f.count = n;
     f.seq = seq;
     f.aux = aux;
     f.bytes = 0;
-    for (i = 0; i < n; i++)
-        f.bytes += pmap__rec_hdr_size(recs[i].len) + recs[i].len;
+    for (i = 0; i < n; i++) {
+        if (f.flags & PMAP__F_UNIFORM) {
+            assert_int_equal(recs[i].code, 0);
+            assert_int_equal(recs[i].len, recs[0].len);
+        } else {
+            f.bytes += pmap__rec_hdr_size(recs[i].len);
+        }
+        f.bytes += recs[i].len;
+    }
     pmap__frame_hdr(h, &f);
     b_put(b, h, sizeof h);
     for (i = 0; i < n; i++) {
         /* The status is implied by the code. */
         assert_int_equal(recs[i].status, recs[i].code ? PMAP__R_TASKERR : PMAP__R_OK);
-        b_put(b, r, pmap__rec_hdr(r, recs[i].code, recs[i].len));
+        if (!(f.flags & PMAP__F_UNIFORM))
+            b_put(b, r, pmap__rec_hdr(r, recs[i].code, recs[i].len));
         if (offs != NULL)
             offs[i] = b->len;
         for (j = 0; j < recs[i].len; j++) {
@@ -165,11 +175,12 @@ static void raw_hdr(unsigned char h[PMAP__HDR_SIZE], uint32_t magic, unsigned ki
 static void test_encoder_matches_copy(void **state)
 {
     static const struct pmap__frame fs[] = {
-        {PMAP__K_TASKS, 0, 0, 0, 0},
-        {PMAP__K_RESULTS, 3, 77, 3 * 16 + 100, 12345},
-        {PMAP__K_READY, 0, 0, 0, 0},
-        {PMAP__K_RETIRE, 0, 0xffffffffu, 0, 0},
-        {PMAP__K_TASKS, 1u << 24, 5, UINT64_MAX, 0xffffffffu},
+        {PMAP__K_TASKS, 0, 0, 0, 0, 0},
+        {PMAP__K_RESULTS, 3, 77, 3 * 16 + 100, 12345, 0},
+        {PMAP__K_READY, 0, 0, 0, 0, 0},
+        {PMAP__K_RETIRE, 0, 0xffffffffu, 0, 0, 0},
+        {PMAP__K_TASKS, 1u << 24, 5, UINT64_MAX, 0xffffffffu, 0},
+        {PMAP__K_RESULTS, 4, 9, 4 * 12, 3, PMAP__F_UNIFORM},
     };
     size_t i;
 
@@ -178,7 +189,8 @@ static void test_encoder_matches_copy(void **state)
         unsigned char a[PMAP__HDR_SIZE], b[PMAP__HDR_SIZE];
 
         pmap__frame_hdr(a, &fs[i]);
-        raw_hdr(b, T_MAGIC, fs[i].kind, T_VERSION, fs[i].count, fs[i].seq, fs[i].bytes, fs[i].aux);
+        raw_hdr(b, T_MAGIC, fs[i].kind | fs[i].flags, T_VERSION, fs[i].count, fs[i].seq,
+                fs[i].bytes, fs[i].aux);
         assert_memory_equal(a, b, PMAP__HDR_SIZE);
     }
 }
@@ -271,6 +283,7 @@ static int s_frame_end(void *ud, const struct pmap__frame *f)
     assert_int_equal(f->seq, s->frames[s->nframes - 1].seq);
     assert_int_equal(f->bytes, s->frames[s->nframes - 1].bytes);
     assert_int_equal(f->aux, s->frames[s->nframes - 1].aux);
+    assert_int_equal(f->flags, s->frames[s->nframes - 1].flags);
     s->nends++;
     return s->frame_end_rc;
 }
@@ -297,7 +310,7 @@ static void sink_free(struct sink *s)
 /* ------------------------------------------------------------------------ */
 
 struct tframe {
-    unsigned kind;
+    unsigned kind; /* with PMAP__F_UNIFORM for a uniform frame */
     uint32_t seq, aux;
     uint32_t n;
     struct trec recs[12];
@@ -340,6 +353,20 @@ static unsigned make_frames(struct tframe *fr, unsigned max_frames, int big)
             }
         }
     }
+    /* Uniform frames: parameters, empty results, results. */
+    for (k = 0; k < 3 && nf < max_frames; k++, nf++) {
+        struct tframe *f = &fr[nf];
+
+        f->kind = (k ? PMAP__K_RESULTS : PMAP__K_TASKS) | PMAP__F_UNIFORM;
+        f->seq = 5000u + k;
+        f->aux = k;
+        f->n = 5 - k;
+        for (i = 0; i < f->n; i++) {
+            f->recs[i].status = PMAP__R_OK;
+            f->recs[i].code = 0;
+            f->recs[i].len = k == 0 ? 8 : k == 1 ? 0 : big ? 300001 : 33;
+        }
+    }
     if (nf < max_frames) {
         fr[nf].kind = PMAP__K_RETIRE;
         fr[nf].seq = 99;
@@ -377,14 +404,17 @@ static void check_seen(const struct sink *s, const struct tframe *fr, unsigned n
     for (k = 0; k < nf; k++) {
         uint64_t bytes = 0;
 
-        assert_int_equal(s->frames[k].kind, fr[k].kind);
+        assert_int_equal(s->frames[k].kind, fr[k].kind & 0xffu);
+        assert_int_equal(s->frames[k].flags, fr[k].kind & 0xff00u);
         assert_int_equal(s->frames[k].count, fr[k].n);
         assert_int_equal(s->frames[k].seq, fr[k].seq);
         assert_int_equal(s->frames[k].aux, fr[k].aux);
         for (i = 0; i < fr[k].n; i++) {
             const struct seen_rec *r = &s->recs[ri++];
 
-            bytes += pmap__rec_hdr_size(fr[k].recs[i].len) + fr[k].recs[i].len;
+            bytes += fr[k].recs[i].len;
+            if (!(fr[k].kind & PMAP__F_UNIFORM))
+                bytes += pmap__rec_hdr_size(fr[k].recs[i].len);
             assert_true(ri <= s->nrecs);
             assert_int_equal(r->status, fr[k].recs[i].status);
             assert_int_equal(r->code, fr[k].recs[i].code);
@@ -699,7 +729,8 @@ static void put_trl_for(struct bytes *b, unsigned kind, uint32_t count, uint32_t
     struct pmap__frame f;
     unsigned char t[PMAP__TRL_SIZE];
 
-    f.kind = kind;
+    f.kind = kind & 0xffu;
+    f.flags = kind & 0xff00u;
     f.count = count;
     f.seq = seq;
     f.bytes = bytes;
@@ -709,12 +740,14 @@ static void put_trl_for(struct bytes *b, unsigned kind, uint32_t count, uint32_t
 }
 
 /* A frame header with consistent fields but built by the real encoder. */
+/* `kind` may carry flags. */
 static void put_hdr(struct bytes *b, unsigned kind, uint32_t count, uint32_t seq, uint64_t bytes)
 {
     struct pmap__frame f;
     unsigned char h[PMAP__HDR_SIZE];
 
-    f.kind = kind;
+    f.kind = kind & 0xffu;
+    f.flags = kind & 0xff00u;
     f.count = count;
     f.seq = seq;
     f.bytes = bytes;
@@ -759,6 +792,12 @@ enum bad_id {
     B_XLEN_OVER_MAX,
     B_XLEN_TASKERR,
     B_TASKERR_WITH_LEN,
+    B_UNI_NO_RECORDS,
+    B_UNI_REMAINDER,
+    B_UNI_OVER_MAX,
+    B_UNI_READY,
+    B_FLAG_UNKNOWN,
+    B_UNI_SHORT,
     B_TRL_MAGIC,
     B_TRL_CHECK,
     B_TRL_OTHER_FRAME,
@@ -794,6 +833,12 @@ static const char *const bad_names[B_COUNT] = {
     "long-form length over max",
     "task error with a long-form length",
     "task error with payload",
+    "uniform frame without records",
+    "uniform bytes not a multiple of count",
+    "uniform records over max",
+    "uniform READY",
+    "unknown frame flag",
+    "uniform frame cut short by the next header",
     "bad trailer magic",
     "bad trailer check",
     "trailer of another frame",
@@ -930,6 +975,39 @@ static void make_bad(struct bytes *b, enum bad_id id)
         put_fill(b, 4, 's');
         put_trl_for(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_SIZE + 4, 0);
         break;
+    case B_UNI_NO_RECORDS:
+        put_hdr(b, PMAP__K_RESULTS | PMAP__F_UNIFORM, 0, 0, 0);
+        put_trl_for(b, PMAP__K_RESULTS | PMAP__F_UNIFORM, 0, 0, 0, 0);
+        break;
+    case B_UNI_REMAINDER:
+        put_hdr(b, PMAP__K_TASKS | PMAP__F_UNIFORM, 3, 0, 10);
+        put_fill(b, 10, 'u');
+        put_trl_for(b, PMAP__K_TASKS | PMAP__F_UNIFORM, 3, 0, 10, 0);
+        break;
+    case B_UNI_OVER_MAX:
+        put_hdr(b, PMAP__K_RESULTS | PMAP__F_UNIFORM, 2, 0, 2 * (BAD_MAX + 1));
+        put_fill(b, 2 * (BAD_MAX + 1), 'u');
+        put_trl_for(b, PMAP__K_RESULTS | PMAP__F_UNIFORM, 2, 0, 2 * (BAD_MAX + 1), 0);
+        break;
+    case B_UNI_READY:
+        put_hdr(b, PMAP__K_READY | PMAP__F_UNIFORM, 0, 0, 0);
+        put_trl_for(b, PMAP__K_READY | PMAP__F_UNIFORM, 0, 0, 0, 0);
+        break;
+    case B_FLAG_UNKNOWN:
+        put_hdr(b, PMAP__K_RESULTS | 0x200u, 1, 0, PMAP__REC_SIZE);
+        put_rec(b, 0, 0);
+        put_trl_for(b, PMAP__K_RESULTS | 0x200u, 1, 0, PMAP__REC_SIZE, 0);
+        break;
+    case B_UNI_SHORT: {
+        /* Says 4 records of 10 bytes, holds 3: the next frame's header is
+         * taken as the last record, and its trailer does not match. */
+        struct trec r[3] = {{PMAP__R_OK, 0, 10}, {PMAP__R_OK, 0, 10}, {PMAP__R_OK, 0, 10}};
+
+        put_hdr(b, PMAP__K_TASKS | PMAP__F_UNIFORM, 4, 0, 40);
+        put_fill(b, 30, 'u');
+        put_frame(b, PMAP__K_TASKS | PMAP__F_UNIFORM, 1, 0, 3, r, 3, NULL);
+        break;
+    }
     case B_TRL_MAGIC:
         good_frame(b);
         b->p[b->len - PMAP__TRL_SIZE] ^= 0x04;

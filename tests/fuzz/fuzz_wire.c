@@ -48,7 +48,10 @@ static int on_frame(void *ud, const struct pmap__frame *f)
     CHECK(!s->in_frame && !s->in_record);
     CHECK(f->kind >= PMAP__K_TASKS && f->kind <= PMAP__K_RETIRE);
     CHECK(f->count <= PMAP__FRAME_MAX_COUNT);
-    CHECK(f->bytes >= (uint64_t)f->count * PMAP__REC_SIZE);
+    if (f->flags & PMAP__F_UNIFORM) /* bare records of bytes / count each */
+        CHECK(f->count > 0 && f->bytes % f->count == 0 && f->bytes / f->count <= s->max);
+    else
+        CHECK(f->flags == 0 && f->bytes >= (uint64_t)f->count * PMAP__REC_SIZE);
     mixin(s, 1);
     mixin(s, f->kind);
     mixin(s, f->count);

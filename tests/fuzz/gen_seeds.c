@@ -32,7 +32,7 @@ static void start(unsigned limit_sel, unsigned seed)
 
 static void control(unsigned kind, uint32_t seq)
 {
-    struct pmap__frame f = {kind, 0, seq, 0, 0};
+    struct pmap__frame f = {kind, 0, seq, 0, 0, 0};
     unsigned char h[PMAP__HDR_SIZE], t[PMAP__TRL_SIZE];
 
     pmap__frame_hdr(h, &f);
@@ -44,7 +44,7 @@ static void control(unsigned kind, uint32_t seq)
 /* A frame of n records with payload lengths lens[] (status from errs[]). */
 static void records(unsigned kind, uint32_t seq, uint32_t n, const size_t *lens, const int *errs)
 {
-    struct pmap__frame f = {kind, n, seq, 0, 1234};
+    struct pmap__frame f = {kind, n, seq, 0, 1234, 0};
     unsigned char h[PMAP__HDR_SIZE], r[PMAP__REC_XSIZE], t[PMAP__TRL_SIZE];
     uint32_t i;
     size_t k;
@@ -124,7 +124,7 @@ int main(int argc, char **argv)
 
     start(6, 8); /* a 5 GiB record's long header, its payload cut short */
     {
-        struct pmap__frame f = {PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE + ((uint64_t)5 << 30), 0};
+        struct pmap__frame f = {PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE + ((uint64_t)5 << 30), 0, 0};
         unsigned char h[PMAP__HDR_SIZE], r[PMAP__REC_XSIZE];
 
         pmap__frame_hdr(h, &f);
@@ -133,6 +133,26 @@ int main(int argc, char **argv)
         put("payload", 7);
     }
     rc |= save(argv[1], "long_header");
+
+    start(4, 9); /* uniform frames: bare parameters, then bare results */
+    {
+        struct pmap__frame f = {PMAP__K_TASKS, 5, 0, 5 * 8, 0, PMAP__F_UNIFORM};
+        unsigned char h[PMAP__HDR_SIZE], t[PMAP__TRL_SIZE];
+
+        pmap__frame_hdr(h, &f);
+        pmap__frame_trl(t, &f);
+        put(h, sizeof h);
+        put("0123456789abcdefghijklmnopqrstuvwxyzABCD", 40);
+        put(t, sizeof t);
+        f.kind = PMAP__K_RESULTS;
+        f.count = 3;
+        f.bytes = 0;
+        pmap__frame_hdr(h, &f);
+        pmap__frame_trl(t, &f);
+        put(h, sizeof h);
+        put(t, sizeof t);
+    }
+    rc |= save(argv[1], "uniform");
 
     start(8 | 2, 7); /* the frame callback refuses RESULTS frames */
     records(PMAP__K_RESULTS, 0, 2, lens + 1, NULL);
