@@ -288,7 +288,8 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
     struct pmap__rec *recs = it->recs;
     const uint32_t window = it->window;
     const uint64_t returned = it->returned;
-    const int bounded = it->v.window_auto;
+    /* The automatic window's byte bound (none for a fixed window). */
+    const uint64_t live_max = it->v.window_auto ? AUTO_BYTES : UINT64_MAX;
     const pmap_gen_fn gen = it->gen;
     void *const gen_ctx = it->gen_ctx;
     uint64_t idx = it->generated, live = it->live_bytes;
@@ -312,7 +313,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
     while (n < want) {
         struct pmap__rec *r = &recs[slot];
 
-        if (bounded && live > AUTO_BYTES && idx > returned)
+        if (live > live_max && idx > returned)
             break;
         if (slot >= fresh) {
             pmap__buf_init(&r->param, it->v.max_record);
@@ -676,7 +677,7 @@ static int next_slow(struct pmap_iter *it, pmap_item *item)
 
 /* pmap_next in general: the owner check that may ask getpid(), any kind
  * of held record, either order. */
-static int next_general(struct pmap_iter *it, pmap_item *item)
+static PMAP__RARE int next_general(struct pmap_iter *it, pmap_item *item)
 {
     if (!is_owner(it))
         return PMAP_EINVAL;
@@ -699,32 +700,28 @@ int pmap_next(pmap_iter *it, pmap_item *item)
      * nothing but counting (not lost, no buffer to trim), and the next
      * record is back with no pump due (the test next_slow makes,
      * ++since_pump >= pump_every). Anything else goes the general way. */
-    if (it->fast_gen != pmap__fork_gen_value)
-        return next_general(it, item);
     r = it->held;
-    if (r != NULL) {
-        if (r->state != R_DONE || r->result.cap > it->keep)
-            return next_general(it, item);
-        it->held = NULL;
-        it->live_bytes -= r->result.len;
-        r->state = R_FREE;
-        r->result.len = 0;
-        it->returned++;
-        if (++it->out_slot == it->window)
-            it->out_slot = 0;
-    }
-    /* A slot is R_DONE only while its record is alive, so no test of
-     * returned < generated is needed. */
-    if (it->since_pump + 1u < it->pump_every) {
-        r = &it->recs[it->out_slot];
-        if (r->state == R_DONE) {
+    if (it->fast_gen == pmap__fork_gen_value && r != NULL && r->state == R_DONE &&
+        r->result.cap <= it->keep && it->since_pump + 1u < it->pump_every) {
+        uint32_t slot = it->out_slot + 1u == it->window ? 0u : it->out_slot + 1u;
+        struct pmap__rec *nx = &it->recs[slot];
+
+        /* All tests before any store: a miss leaves everything to the
+         * general way. A slot is R_DONE only while its record is alive,
+         * so no test of returned < generated is needed. */
+        if (nx->state == R_DONE) {
+            it->live_bytes -= r->result.len;
+            r->state = R_FREE;
+            r->result.len = 0;
+            it->returned++;
+            it->out_slot = slot;
             it->since_pump++;
-            it->held = r;
-            fill(item, r);
+            it->held = nx;
+            fill(item, nx);
             return PMAP_OK;
         }
     }
-    return next_slow(it, item);
+    return next_general(it, item);
 }
 
 int pmap_iter_free(pmap_iter *it)

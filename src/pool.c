@@ -1141,7 +1141,7 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     struct pmap__frame f;
     unsigned char *out;
     size_t inl = PMAP__HDR_SIZE + PMAP__TRL_SIZE, start, pos, len0;
-    int uniform = 1;
+    int uniform;
     struct pmap__rec **fifo;
     uint64_t sent;
     uint32_t k, mask;
@@ -1159,20 +1159,23 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     f.seq = (uint32_t)w->sent;
     f.bytes = 0;
     f.aux = 0;
-    len0 = recs[0]->param.len;
-    for (k = 0; k < n; k++) {
-        size_t len = recs[k]->param.len;
-
-        uniform &= len == len0;
-        f.bytes += pmap__rec_hdr_size(len) + len;
-        inl += pmap__rec_hdr_size(len) + (len <= INLINE_MAX ? len : 0);
-    }
     /* Parameters of one length (the usual case) go bare. */
-    f.flags = uniform ? PMAP__F_UNIFORM : 0;
+    len0 = recs[0]->param.len;
+    for (k = 1; k < n && recs[k]->param.len == len0; k++)
+        ;
+    uniform = k == n;
     if (uniform) {
         f.bytes = (uint64_t)n * len0;
-        inl = PMAP__HDR_SIZE + PMAP__TRL_SIZE + (len0 <= INLINE_MAX ? n * len0 : 0);
+        inl += len0 <= INLINE_MAX ? n * len0 : 0;
+    } else {
+        for (k = 0; k < n; k++) {
+            size_t len = recs[k]->param.len;
+
+            f.bytes += pmap__rec_hdr_size(len) + len;
+            inl += pmap__rec_hdr_size(len) + (len <= INLINE_MAX ? len : 0);
+        }
     }
+    f.flags = uniform ? PMAP__F_UNIFORM : 0;
     /* One reservation for the whole frame, then the headers and the small
      * parameters are written in place; a large parameter is a segment of
      * its own, written from the record without a copy. On ENOMEM the map
@@ -1189,7 +1192,18 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     w->txbuf.len += inl;
     pmap__frame_hdr(out + pos, &f);
     pos += PMAP__HDR_SIZE;
-    for (k = 0; k < n; k++) {
+    if (uniform && len0 <= INLINE_MAX) {
+        /* The common case, with nothing to decide per record. */
+        for (k = 0; k < n; k++) {
+            fifo[(sent + k) & mask] = recs[k];
+            pmap__copy(out + pos, recs[k]->param.data, len0);
+            pos += len0;
+        }
+        k = n; /* skips the general loop */
+    } else {
+        k = 0;
+    }
+    for (; k < n; k++) {
         const struct pmap_buf *b = &recs[k]->param;
 
         /* Filled ahead of w->sent, which alone makes the entry live: on
