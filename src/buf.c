@@ -119,7 +119,8 @@ void *pmap_buf_reserve(pmap_buf *buf, size_t len)
     return buf_reserve_slow(buf, len);
 }
 
-int pmap_buf_set(pmap_buf *buf, const void *data, size_t len)
+/* pmap_buf_set when the buffer must grow, or the call is wrong. */
+static PMAP__RARE int buf_set_slow(pmap_buf *buf, const void *data, size_t len)
 {
     void *p;
 
@@ -134,4 +135,16 @@ int pmap_buf_set(pmap_buf *buf, const void *data, size_t len)
     if (len)
         pmap__copy(p, data, len);
     return PMAP_OK;
+}
+
+int pmap_buf_set(pmap_buf *buf, const void *data, size_t len)
+{
+    /* The common case, once per record in tasks: it fits (cap > 0 means
+     * data is not NULL). */
+    if (buf != NULL && data != NULL && len <= buf->cap && len <= buf->max && buf->cap != 0) {
+        buf->len = len;
+        pmap__copy(buf->data, data, len);
+        return PMAP_OK;
+    }
+    return buf_set_slow(buf, data, len);
 }

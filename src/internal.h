@@ -33,8 +33,10 @@
  * registers, and laid out away from the hot code. */
 #if defined(__GNUC__)
 #define PMAP__RARE __attribute__((cold, noinline))
+#define PMAP__NOINLINE __attribute__((noinline))
 #else
 #define PMAP__RARE
+#define PMAP__NOINLINE
 #endif
 
 /* ------------------------------------------------------------------------ */

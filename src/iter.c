@@ -81,7 +81,7 @@ struct pmap_iter {
     int stopped; /* the backend failed: nothing more runs */
     struct pmap__rec *held;
     unsigned since_pump;
-    size_t keep; /* bytes a slot buffer keeps when its record is released */
+    size_t keep;         /* bytes a slot buffer keeps when its record is released */
     unsigned pump_every; /* items handed out between pumps (follows the batch size) */
     int next_worker;
     double ns_per_rec; /* moving average of task time per record; 0: unknown */
@@ -129,8 +129,8 @@ static struct pmap__rec *q_pop(struct pmap_iter *it, struct queue *q)
  * tiny results costs no call per record; the byte count of live records
  * and the trim bound are passed in and out so that a run of records keeps
  * them in registers (stores to a record would otherwise reload them). */
-static inline uint64_t finish(struct pmap_iter *it, struct pmap__rec *r, uint64_t live,
-                              size_t keep, int ordered)
+static inline uint64_t finish(struct pmap_iter *it, struct pmap__rec *r, uint64_t live, size_t keep,
+                              int ordered)
 {
     if (r->state != R_FLIGHT)
         return live;
@@ -404,8 +404,7 @@ static int dispatch(struct pmap_iter *it)
              * and a whole batch always fits, so the map always moves. */
             if (infl > 0 && limit > target - infl)
                 break;
-            if (it->generated > it->returned &&
-                batch_short(it, limit < whole ? limit : whole))
+            if (it->generated > it->returned && batch_short(it, limit < whole ? limit : whole))
                 break;
             /* Records to run again first; the retry queue changes only
              * in pump(), so once it is empty the rest are new ones. */
@@ -465,8 +464,8 @@ static int step(struct pmap_iter *it, int timeout_ms)
     /* The generator may have just ended (or failed) with nothing left
      * alive: there is nothing to wait for then, and pump(-1) would block
      * forever (empty input, or an end found only after the last item). */
-    if (rc == 0 && timeout_ms < 0 && it->returned == it->generated &&
-        it->retry.head == NONE && it->gen_state != G_RUNNING)
+    if (rc == 0 && timeout_ms < 0 && it->returned == it->generated && it->retry.head == NONE &&
+        it->gen_state != G_RUNNING)
         timeout_ms = 0;
     if (rc == 0)
         rc = it->v.ops->pump(it->v.be, timeout_ms, &it->sink);

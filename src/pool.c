@@ -323,11 +323,13 @@ static unsigned char *w_record(void *ud, unsigned status, int code, uint64_t len
 }
 
 /* Run the task on one record and queue its result. */
-static int w_run(struct wctx *c, const unsigned char *param, size_t param_len)
+static PMAP__NOINLINE void w_after(struct wctx *c, int rc, int timed, uint64_t t1);
+
+/* Run the task on one record and queue its result, in general. */
+static PMAP__NOINLINE int w_run(struct wctx *c, const unsigned char *param, size_t param_len)
 {
     struct pmap_pool *p = c->pool;
-    uint64_t t0 = 0, t1 = 0, task_ns;
-    size_t need;
+    uint64_t t0 = 0, t1 = 0;
     int rc, timed;
 
     c->seq++;
@@ -349,11 +351,25 @@ static int w_run(struct wctx *c, const unsigned char *param, size_t param_len)
         atomic_store_explicit(&c->shm->start_ns, 0, memory_order_release);
         c->last_ns = t1;
         c->est_ns = t1 - t0;
-        c->sample_left = c->est_ns < SAMPLE_BELOW_NS ? SAMPLE_EVERY - 1u : 0u;
+        /* Untimed records are only for a pool without a time limit, and
+         * none run once the worker retires (w_run_fast relies on it). */
+        c->sample_left = c->est_ns < SAMPLE_BELOW_NS && p->opt.task_timeout_ms == 0 && !c->retire
+                             ? SAMPLE_EVERY - 1u
+                             : 0u;
     } else {
         c->sample_left--;
     }
-    task_ns = c->est_ns;
+    w_after(c, rc, timed, t1);
+    return 0;
+}
+
+/* After the task: queue its result; `timed`: t1 is the clock after it. */
+static PMAP__NOINLINE void w_after(struct wctx *c, int rc, int timed, uint64_t t1)
+{
+    struct pmap_pool *p = c->pool;
+    uint64_t task_ns = c->est_ns;
+    size_t need;
+
     /* Untimed, the result was finished at the latest clock reading or
      * after it: the flush below can only come early, never late. */
     if (c->out_count == 0)
@@ -363,7 +379,6 @@ static int w_run(struct wctx *c, const unsigned char *param, size_t param_len)
         worker_send_big(c, task_ns);
     } else {
         size_t len = rc != 0 ? 0 : c->result.len;
-
         size_t hsize;
 
         /* Successes of one length go bare (a uniform frame) until a
@@ -395,9 +410,41 @@ static int w_run(struct wctx *c, const unsigned char *param, size_t param_len)
         uint64_t rss = self_rss();
 
         c->rss_next_check = t1 + 10000000u;
-        if (rss > c->rss_base && rss - c->rss_base > p->opt.max_worker_rss)
+        if (rss > c->rss_base && rss - c->rss_base > p->opt.max_worker_rss) {
             c->retire = 1;
+            c->sample_left = 0;
+        }
     }
+}
+
+/* w_run for the common case of tiny tasks: an untimed record (so no time
+ * limit and not retiring) whose result continues the batch's run of
+ * successes of one length, with room and no flush due. Anything else the
+ * general code finishes. */
+static inline int w_run_fast(struct wctx *c, const unsigned char *param, size_t param_len)
+{
+    struct pmap_pool *p = c->pool;
+    size_t len, need;
+    int rc;
+
+    if (c->sample_left == 0 || c->out_count == 0 || !c->out_uniform)
+        return w_run(c, param, param_len);
+    c->seq++;
+    atomic_store_explicit(&c->shm->started, ++c->begun, memory_order_release);
+    c->result.len = 0;
+    rc = p->fn(p->ctx, param, param_len, &c->result);
+    c->sample_left--;
+    len = c->result.len;
+    need = c->out.len + len;
+    if (rc != 0 || len != c->out_ulen || need > c->out.cap || need >= FLUSH_BYTES ||
+        c->result.cap > ((size_t)64 << 20)) {
+        w_after(c, rc, 0, 0);
+        return 0;
+    }
+    pmap__copy(c->out.data + c->out.len, c->result.data, len);
+    c->out.len = need;
+    c->out_count++;
+    c->out_task_ns += c->est_ns;
     return 0;
 }
 
@@ -426,7 +473,7 @@ static inline int w_whole(struct pmap__decoder *d, unsigned status, int code,
             pmap__copy(dst, data, (size_t)len);
         return w_record_end(c);
     }
-    return w_run(c, data, (size_t)len);
+    return w_run_fast(c, data, (size_t)len);
 }
 
 static int w_frame_end(void *ud, const struct pmap__frame *f)
