@@ -150,25 +150,25 @@ void pmap__fdreg_child(int keep1, int keep2);
 
 /*
  * A frame is a header, `count` records and a trailer. Each record is a
- * record header and `len` bytes: 8 bytes of header, or 16 for a record
- * of 4 GiB or more, whose 32-bit length field holds the escape value and
- * the real length follows (small records are the common case, and every
- * header byte is copied twice through a pipe). Integers are in the host's byte
- * order (both ends run on one machine). The header carries a check value
- * over its own fields and the trailer one over the header's, so that bytes
- * a buggy task scribbles into the stream are caught at the next boundary.
+ * record header and `len` bytes. Integers are in the host's byte order
+ * (both ends run on one machine). The header carries a check value over
+ * its own fields and the trailer one over the header's, so that bytes a
+ * buggy task scribbles into the stream are caught at the next boundary.
  *
- *   header  (32): magic u32 | kind u16 | version u16 | count u32 | seq u32 |
- *                 bytes u64 (records incl. their headers) | aux u32 | check u32
+ *   header  (32): magic u32 | kind u8 | flags u8 | version u16 | count u32 |
+ *                 seq u32 | bytes u64 (records incl. their headers) |
+ *                 aux u32 | check u32
  *   record   (8): len u32 | code i32 (0: ok; else a task error, len 0)
  *   record  (16): 0xffffffff u32 | code i32 | len u64 (>= 0xffffffff)
- *
- * A frame of records that all succeeded (or, for tasks, all parameters)
- * and all have the same length may be sent *uniform* (flag in the kind
- * field): its records are bare payloads of bytes / count bytes each, no
- * record headers. Generators and tasks of fixed-size records, the usual
- * kind, thus move only their payload through the pipes.
  *   trailer  (8): magic u32 | check u32
+ *
+ * Record headers are short because records usually are, and every header
+ * byte is copied twice through a pipe; only a record of 4 GiB or more has
+ * the long form. A frame whose records all succeeded (for tasks: any
+ * parameters) and all have one length may be *uniform* (PMAP__F_UNIFORM):
+ * its records are bare payloads of bytes / count bytes each. Generators
+ * and tasks of fixed-size records, the usual kind, thus move nothing but
+ * their payload through the pipes.
  */
 #define PMAP__HDR_SIZE 32u
 #define PMAP__REC_SIZE 8u   /* record header */

@@ -322,7 +322,6 @@ static unsigned char *w_record(void *ud, unsigned status, int code, uint64_t len
     return c->param.data ? c->param.data : &empty_byte;
 }
 
-/* Run the task on one record and queue its result. */
 static PMAP__NOINLINE void w_after(struct wctx *c, int rc, int timed, uint64_t t1);
 
 /* Run the task on one record and queue its result, in general. */
