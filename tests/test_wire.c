@@ -960,13 +960,12 @@ static void make_bad(struct bytes *b, enum bad_id id)
         break;
     }
     case B_XLEN_OVER_MAX:
+    case B_XLEN_TASKERR: /* a long length, over the limit or with an error */
         put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE + 10);
-        put_xrec(b, 0, (uint64_t)PMAP__REC_XLEN + 1);
-        put_fill(b, 64, 'x');
-        break;
-    case B_XLEN_TASKERR:
-        put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE + 10);
-        put_xrec(b, 7, PMAP__REC_XLEN);
+        if (id == B_XLEN_TASKERR)
+            put_xrec(b, 7, PMAP__REC_XLEN);
+        else
+            put_xrec(b, 0, (uint64_t)PMAP__REC_XLEN + 1);
         put_fill(b, 64, 'x');
         break;
     case B_TASKERR_WITH_LEN:
