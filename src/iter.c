@@ -60,7 +60,7 @@ struct pmap_iter {
     struct pmap__pool_view v;
     pid_t owner;
     unsigned fork_gen; /* pmap__fork_gen() at creation; 0: ask getpid() */
-    unsigned fast_gen; /* fork_gen in input order, else 0 (never a generation) */
+    unsigned fast_gen; /* = pmap__fork_gen_value: no fork since; 0 never is */
     pmap_gen_fn gen;
     void *gen_ctx;
     int ordered;
@@ -596,7 +596,7 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->v = v;
     it->owner = getpid();
     it->fork_gen = pmap__fork_gen();
-    it->fast_gen = ordered ? it->fork_gen : 0u;
+    it->fast_gen = it->fork_gen;
     it->gen = gen;
     it->gen_ctx = gen_ctx;
     it->ordered = ordered;
@@ -693,32 +693,47 @@ int pmap_next(pmap_iter *it, pmap_item *item)
 
     if (it == NULL || item == NULL)
         return PMAP_EINVAL;
-    /* The common case in input order is handled here with no call but
-     * tail calls, so that it saves no registers: the owner is known
-     * without a system call, the record held since the last call needs
-     * nothing but counting (not lost, no buffer to trim), and the next
-     * record is back with no pump due (the test next_slow makes,
-     * ++since_pump >= pump_every). Anything else goes the general way. */
+    /* The common case is handled here with no call but tail calls, so
+     * that it saves no registers: the owner is known without a system
+     * call, the record held since the last call needs nothing but counting
+     * (not lost, no buffer to trim), and the next record is back with no
+     * pump due (the test next_slow makes, ++since_pump >= pump_every).
+     * All tests come before any store: a miss leaves everything to the
+     * general way. */
     r = it->held;
     if (it->fast_gen == pmap__fork_gen_value && r != NULL && r->state == R_DONE &&
         r->result.cap <= it->keep && it->since_pump + 1u < it->pump_every) {
-        uint32_t slot = it->out_slot + 1u == it->window ? 0u : it->out_slot + 1u;
-        struct pmap__rec *nx = &it->recs[slot];
+        struct pmap__rec *nx;
 
-        /* All tests before any store: a miss leaves everything to the
-         * general way. A slot is R_DONE only while its record is alive,
-         * so no test of returned < generated is needed. */
-        if (nx->state == R_DONE) {
-            it->live_bytes -= r->result.len;
-            r->state = R_FREE;
-            r->result.len = 0;
-            it->returned++;
+        if (it->ordered) {
+            uint32_t slot = it->out_slot + 1u == it->window ? 0u : it->out_slot + 1u;
+
+            /* A slot is R_DONE only while its record is alive, so no test
+             * of returned < generated is needed. */
+            nx = &it->recs[slot];
+            if (nx->state != R_DONE)
+                return next_general(it, item);
             it->out_slot = slot;
-            it->since_pump++;
-            it->held = nx;
-            fill(item, nx);
-            return PMAP_OK;
+        } else {
+            /* The done queue holds finished records only. */
+            if (it->done.head == NONE)
+                return next_general(it, item);
+            nx = &it->recs[it->done.head];
+            it->done.head = nx->next;
+            if (it->done.head == NONE)
+                it->done.tail = NONE;
+            nx->next = NONE;
+            r->next = it->free_head;
+            it->free_head = slot_of(it, r);
         }
+        it->live_bytes -= r->result.len;
+        r->state = R_FREE;
+        r->result.len = 0;
+        it->returned++;
+        it->since_pump++;
+        it->held = nx;
+        fill(item, nx);
+        return PMAP_OK;
     }
     return next_general(it, item);
 }
