@@ -59,8 +59,7 @@ struct pmap_iter {
     pmap_pool *pool;
     struct pmap__pool_view v;
     pid_t owner;
-    unsigned fork_gen; /* pmap__fork_gen() at creation; 0: ask getpid() */
-    unsigned fast_gen; /* = pmap__fork_gen_value: no fork since; 0 never is */
+    unsigned fork_gen; /* pmap__fork_gen() at creation; 0 (never a generation): ask getpid() */
     pmap_gen_fn gen;
     void *gen_ctx;
     int ordered;
@@ -596,7 +595,6 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->v = v;
     it->owner = getpid();
     it->fork_gen = pmap__fork_gen();
-    it->fast_gen = it->fork_gen;
     it->gen = gen;
     it->gen_ctx = gen_ctx;
     it->ordered = ordered;
@@ -701,7 +699,7 @@ int pmap_next(pmap_iter *it, pmap_item *item)
      * All tests come before any store: a miss leaves everything to the
      * general way. */
     r = it->held;
-    if (it->fast_gen == pmap__fork_gen_value && r != NULL && r->state == R_DONE &&
+    if (it->fork_gen == pmap__fork_gen_value && r != NULL && r->state == R_DONE &&
         r->result.cap <= it->keep && it->since_pump + 1u < it->pump_every) {
         struct pmap__rec *nx;
 
