@@ -4,6 +4,10 @@
  * each cycle's results checked, and at the end the same descriptors, no
  * children and flat memory. The PRNG seed is fixed (PMAP_SOAK_SEED
  * overrides it) so that a failure can be replayed.
+ *
+ * By default a few seconds (100-200 cycles), so that the suite stays
+ * quick; PMAP_SOAK_FULL=1 runs 300-1000 cycles within about a minute
+ * (.ci/run does, under ASan); PMAP_TEST_QUICK=1 runs 20-60.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -48,8 +52,7 @@ struct cycle_stats {
 };
 
 /* One cycle: a fresh pool, one or two maps with faults, checks, destroy. */
-static void one_cycle(struct cycle_stats *st, struct fo_plan *pl, struct fo_got *got,
-                      uint64_t cap)
+static void one_cycle(struct cycle_stats *st, struct fo_plan *pl, struct fo_got *got, uint64_t cap)
 {
     static const unsigned chunks[] = {0, 1, 3, 16};
     static const unsigned windows[] = {0, 4, 64};
@@ -155,9 +158,17 @@ static void one_cycle(struct cycle_stats *st, struct fo_plan *pl, struct fo_got 
 
 static void test_soak(void **state)
 {
-    int quick = fo_quick();
-    unsigned max_cycles = quick ? 60 : 1000, min_cycles = quick ? 20 : 300;
-    uint64_t budget_ns = (quick ? 40ull : 50ull) * 1000000000ull, cap = quick ? 120 : 400;
+    const char *full_env = getenv("PMAP_SOAK_FULL");
+    int full = full_env != NULL && *full_env != '\0' && *full_env != '0';
+    int quick = !full && fo_quick();
+    unsigned max_cycles = full    ? 1000
+                          : quick ? 60
+                                  : 200,
+             min_cycles = full    ? 300
+                          : quick ? 20
+                                  : 100;
+    uint64_t budget_ns = (full ? 50ull : quick ? 40ull : 3ull) * 1000000000ull;
+    uint64_t cap = quick ? 120 : 400;
     struct fo_plan *pl = fo_plan_new(cap, FO_ECHO, 0);
     struct fo_got *got = calloc(cap, sizeof *got);
     struct cycle_stats st;
@@ -174,8 +185,7 @@ static void test_soak(void **state)
         rng_state = 1;
     tu_snap_take(&snap);
     t0 = pmap__now_ns();
-    while (st.cycles < max_cycles &&
-           (st.cycles < min_cycles || pmap__now_ns() - t0 < budget_ns)) {
+    while (st.cycles < max_cycles && (st.cycles < min_cycles || pmap__now_ns() - t0 < budget_ns)) {
         one_cycle(&st, pl, got, cap);
         /* The allocator's high-water mark settles within the first cycles
          * (pools of the largest window seen so far); measure from there. */
