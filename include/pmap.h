@@ -244,6 +244,23 @@ PMAP_API void pmap_options_init(pmap_options *opt);
  */
 PMAP_API pmap_pool *pmap_pool_create(pmap_task_fn fn, void *ctx, const pmap_options *opt);
 
+/*
+ * Binary compatibility (how pmap_options grows). pmap_options_init() and
+ * pmap_pool_create() are macros that pass the size of the pmap_options
+ * this program was compiled with, so a program built against an older
+ * pmap.h keeps working, unrebuilt, with a newer library: the library never
+ * reads or writes past the caller's struct, and fields the caller's header
+ * did not have take their defaults. The functions of the same names (what
+ * programs built against the 1.0 header call, or `(pmap_pool_create)(...)`)
+ * take the 1.0 layout. Call the macros; the *_sized functions are their plumbing.
+ */
+PMAP_API void pmap_options_init_sized(pmap_options *opt, size_t size);
+PMAP_API pmap_pool *pmap_pool_create_sized(pmap_task_fn fn, void *ctx, const pmap_options *opt,
+                                            size_t size);
+#define pmap_options_init(opt) pmap_options_init_sized((opt), sizeof(pmap_options))
+#define pmap_pool_create(fn, ctx, opt)                                                             \
+    pmap_pool_create_sized((fn), (ctx), (opt), sizeof(pmap_options))
+
 /**
  * Stop and reap every worker and free the pool. Idle workers exit at once;
  * a worker still busy is killed after a short grace period, so this never

@@ -5,7 +5,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "internal.h"
+#include "buf.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -54,18 +54,6 @@ int pmap__buf_reserve(struct pmap_buf *b, size_t cap)
         return PMAP_ENOMEM;
     b->data = p;
     b->cap = ncap;
-    return 0;
-}
-
-int pmap__buf_append(struct pmap_buf *b, const void *data, size_t len)
-{
-    if (len > SIZE_MAX - b->len)
-        return PMAP_ENOMEM;
-    if (pmap__buf_reserve(b, b->len + len) != 0)
-        return PMAP_ENOMEM;
-    if (len)
-        memcpy(b->data + b->len, data, len);
-    b->len += len;
     return 0;
 }
 

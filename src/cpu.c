@@ -8,6 +8,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "internal.h"
+#include "io.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,9 +1,8 @@
-/* Status strings, version and option defaults. */
+/* Status strings and the version. */
 #define _POSIX_C_SOURCE 200809L
 
 #include "internal.h"
 
-#include <string.h>
 
 /* One list generates pmap_strerror, so a new code cannot lack a string. */
 #define PMAP__STATUS_LIST(X)                                                                      \
@@ -37,10 +36,4 @@ const char *pmap_strerror(int status)
 const char *pmap_version(void)
 {
     return PMAP_VERSION_STRING;
-}
-
-void pmap_options_init(pmap_options *opt)
-{
-    if (opt != NULL)
-        memset(opt, 0, sizeof *opt);
 }

@@ -8,7 +8,7 @@
 #endif
 #define _POSIX_C_SOURCE 200809L
 
-#include "internal.h"
+#include "io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -210,28 +210,6 @@ void pmap__pipe_grow(int fd, int bytes)
 /* I/O                                                                      */
 /* ------------------------------------------------------------------------ */
 
-int pmap__write_some(int fd, const void *buf, size_t len, size_t *off)
-{
-    const unsigned char *p = buf;
-
-    while (*off < len) {
-        ssize_t n = write(fd, p + *off, len - *off);
-
-        if (n > 0) {
-            *off += (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return 0;
-        if (n == 0)
-            errno = EIO;
-        return PMAP_ESYS;
-    }
-    return 0;
-}
-
 int pmap__writev_all(int fd, struct iovec *iov, int iovcnt)
 {
     while (iovcnt > 0) {
@@ -366,4 +344,10 @@ unsigned pmap__fork_gen(void)
 {
     (void)pthread_once(&fork_once, fork_hook);
     return fork_hooked ? pmap__fork_gen_value : 0u;
+}
+
+void pmap__owner_init(struct pmap__owner *o)
+{
+    o->fork_gen = pmap__fork_gen();
+    o->pid = getpid();
 }

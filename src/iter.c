@@ -1,7 +1,7 @@
 /*
  * The iterator: the window of records, the lazy generator, batching,
  * reordering and per-item status. It drives workers only through the
- * backend operations (internal.h), so it does not know they are processes.
+ * backend operations (backend.h), so it does not know where they run.
  *
  * Every record generated and not yet returned owns one slot of `recs`. In
  * input order the slot of record i is i % window, which needs no lookup
@@ -13,7 +13,11 @@
 #endif
 #define _POSIX_C_SOURCE 200809L
 
-#include "internal.h"
+#include "api.h"
+#include "backend.h"
+#include "buf.h"
+#include "io.h"
+#include "iter.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -31,12 +35,22 @@
 #define TARGET_BATCH_NS 1000000.0
 /* Batches queued per worker beyond the one it is running. */
 #define DEPTH 2u
+/* Largest batch the adaptive sizing builds; an explicit `chunk` may go higher. */
+#define CHUNK_MAX 2048u
+/* The automatic window: per place, its queue of DEPTH batches, the one it
+ * runs and one being handed out, of the largest batch; capped so that the
+ * slots of a map stay a few megabytes whatever the number of places. */
+#define AUTO_WINDOW_BATCHES (DEPTH + 2u)
+#define AUTO_WINDOW_MAX 65536u
+/* Slot buffers that grew past this are released when the slot is reused,
+ * so that one large record does not pin its memory in every slot. */
+#define KEEP_BYTES ((size_t)1 << 20)
 /* In automatic-window mode, stop generating while records alive hold more
  * than this many bytes (there is always at least one record in flight). */
 #define AUTO_BYTES ((uint64_t)256 << 20)
 /* Heap bytes that slot buffers may keep between records, all slots
  * together: each buffer keeps at most KEEP_TOTAL / (2 * window) bytes
- * (and never more than PMAP__KEEP_BYTES) when its record is released.
+ * (and never more than KEEP_BYTES) when its record is released.
  * A per-slot allowance alone let a map of 1 MiB records keep 2 MiB in
  * every slot it ever used, i.e. up to 32 GiB with the automatic window. */
 #define KEEP_TOTAL ((size_t)32 << 20)
@@ -57,9 +71,13 @@ struct queue {
 
 struct pmap_iter {
     pmap_pool *pool;
-    struct pmap__pool_view v;
-    pid_t owner;
-    unsigned fork_gen; /* pmap__fork_gen() at creation; 0 (never a generation): ask getpid() */
+    /* Copied from the pool: read on every batch. */
+    const struct pmap__backend_ops *ops;
+    void *be;
+    unsigned chunk;  /* explicit chunk, 0: adaptive */
+    int window_auto; /* the window was chosen by the library */
+    size_t max_record;
+    struct pmap__owner owner;
     pmap_gen_fn gen;
     void *gen_ctx;
     int ordered;
@@ -118,6 +136,14 @@ static struct pmap__rec *q_pop(struct pmap_iter *it, struct queue *q)
         q->tail = NONE;
     r->next = NONE;
     return r;
+}
+
+unsigned pmap__iter_auto_window(int nworkers, unsigned chunk)
+{
+    uint64_t batch = chunk > CHUNK_MAX ? chunk : CHUNK_MAX;
+    uint64_t w = (uint64_t)(nworkers > 0 ? nworkers : 1) * AUTO_WINDOW_BATCHES * batch;
+
+    return w > AUTO_WINDOW_MAX ? AUTO_WINDOW_MAX : (unsigned)w;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -204,16 +230,16 @@ static void on_timing(void *ud, uint32_t count, uint32_t task_us)
 static uint32_t chunk_size(const struct pmap_iter *it)
 {
     uint32_t chunk, fair;
-    int nw = it->v.ops->nworkers(it->v.be);
+    int nw = it->ops->nworkers(it->be);
 
-    if (it->v.chunk)
-        return it->v.chunk;
+    if (it->chunk)
+        return it->chunk;
     if (it->ns_per_rec == 0.0) {
         chunk = 1; /* nothing measured yet: one record tells the cost */
     } else {
         double c = TARGET_BATCH_NS / it->ns_per_rec;
 
-        chunk = c >= PMAP__CHUNK_MAX ? PMAP__CHUNK_MAX : c < 1.0 ? 1u : (uint32_t)c;
+        chunk = c >= CHUNK_MAX ? CHUNK_MAX : c < 1.0 ? 1u : (uint32_t)c;
     }
     /* Leave enough of the window for every worker to have work. */
     fair = it->window / ((uint32_t)nw * (DEPTH + 1u));
@@ -230,7 +256,7 @@ static struct pmap__rec *generate(struct pmap_iter *it)
 
     if (it->gen_state != G_RUNNING || it->generated - it->returned >= it->window)
         return NULL;
-    if (it->v.window_auto && it->live_bytes > AUTO_BYTES && it->generated > it->returned)
+    if (it->window_auto && it->live_bytes > AUTO_BYTES && it->generated > it->returned)
         return NULL;
     if (it->ordered) {
         slot = it->gen_slot;
@@ -245,8 +271,8 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     if (slot >= it->fresh) {
         /* Slots are set up on first use, so that starting a map costs the
          * same whatever the window: a one-record map touches one slot. */
-        pmap__buf_init(&r->param, it->v.max_record);
-        pmap__buf_init(&r->result, it->v.max_record);
+        pmap__buf_init(&r->param, it->max_record);
+        pmap__buf_init(&r->result, it->max_record);
         r->next = NONE;
         it->fresh = slot + 1;
     }
@@ -288,7 +314,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
     const uint32_t window = it->window;
     const uint64_t returned = it->returned;
     /* The automatic window's byte bound (none for a fixed window). */
-    const uint64_t live_max = it->v.window_auto ? AUTO_BYTES : UINT64_MAX;
+    const uint64_t live_max = it->window_auto ? AUTO_BYTES : UINT64_MAX;
     const pmap_gen_fn gen = it->gen;
     void *const gen_ctx = it->gen_ctx;
     uint64_t idx = it->generated, live = it->live_bytes;
@@ -315,8 +341,8 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         if (live > live_max && idx > returned)
             break;
         if (slot >= fresh) {
-            pmap__buf_init(&r->param, it->v.max_record);
-            pmap__buf_init(&r->result, it->v.max_record);
+            pmap__buf_init(&r->param, it->max_record);
+            pmap__buf_init(&r->result, it->max_record);
             r->next = NONE;
             fresh = slot + 1;
         }
@@ -362,8 +388,8 @@ static int batch_short(const struct pmap_iter *it, uint32_t n)
 /* Hand work to every worker that has room for it. */
 static int dispatch(struct pmap_iter *it)
 {
-    const struct pmap__backend_ops *ops = it->v.ops;
-    int nw = ops->nworkers(it->v.be);
+    const struct pmap__backend_ops *ops = it->ops;
+    int nw = ops->nworkers(it->be);
     uint32_t chunk = chunk_size(it);
     /* The smallest batch worth waiting for: a whole one, unless the window
      * is too small to give every worker whole batches. */
@@ -383,8 +409,8 @@ static int dispatch(struct pmap_iter *it)
     }
     for (k = 0; k < nw; k++) {
         int w = (it->next_worker + k) % nw;
-        uint32_t room = ops->room(it->v.be, w);
-        uint32_t infl = ops->inflight(it->v.be, w);
+        uint32_t room = ops->room(it->be, w);
+        uint32_t infl = ops->inflight(it->be, w);
         uint32_t target = chunk * DEPTH;
 
         while (room > 0 && infl < target) {
@@ -421,7 +447,7 @@ static int dispatch(struct pmap_iter *it)
                 it->next_worker = (w + 1) % nw;
                 return 0;
             }
-            rc = ops->submit(it->v.be, w, it->batch, n);
+            rc = ops->submit(it->be, w, it->batch, n);
             if (rc != 0)
                 return rc;
             room -= n;
@@ -434,11 +460,11 @@ static int dispatch(struct pmap_iter *it)
 
 /* The backend failed: nothing more will run. Records not finished are
  * dropped; finished ones are still returned, then the error. */
-static void stop_all(struct pmap_iter *it, int rc)
+static void fail_all(struct pmap_iter *it, int rc)
 {
     uint32_t i;
 
-    it->v.ops->cancel(it->v.be);
+    it->ops->cancel(it->be);
     it->stopped = 1;
     if (it->fatal == 0)
         it->fatal = rc;
@@ -467,11 +493,11 @@ static int step(struct pmap_iter *it, int timeout_ms)
         it->gen_state != G_RUNNING)
         timeout_ms = 0;
     if (rc == 0)
-        rc = it->v.ops->pump(it->v.be, timeout_ms, &it->sink);
+        rc = it->ops->pump(it->be, timeout_ms, &it->sink);
     if (rc == 0 && timeout_ms != 0)
         rc = dispatch(it); /* refill at once what the pump freed */
     if (rc != 0)
-        stop_all(it, rc);
+        fail_all(it, rc);
     return rc;
 }
 
@@ -570,13 +596,12 @@ static void slots_free(struct pmap__rec *recs, uint32_t n)
 static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int ordered)
 {
     struct pmap_iter *it;
-    struct pmap__pool_view v;
 
-    if (gen == NULL || pmap__pool_view(pool, &v) != 0) {
+    if (gen == NULL || pmap__pool_usable(pool) != 0) {
         errno = EINVAL;
         return NULL;
     }
-    if (*v.iter_slot != NULL) {
+    if (pool->iter != NULL) {
         errno = EBUSY;
         return NULL;
     }
@@ -585,34 +610,37 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
         errno = ENOMEM;
         return NULL;
     }
-    it->recs = slots_alloc(v.window);
+    it->recs = slots_alloc(pool->window);
     if (it->recs == NULL) {
         free(it);
         errno = ENOMEM;
         return NULL;
     }
     it->pool = pool;
-    it->v = v;
-    it->owner = getpid();
-    it->fork_gen = pmap__fork_gen();
+    it->ops = pool->ops;
+    it->be = pool->be;
+    it->chunk = pool->opt.chunk;
+    it->window_auto = pool->window_auto;
+    it->max_record = pool->max_record;
+    pmap__owner_init(&it->owner);
     it->gen = gen;
     it->gen_ctx = gen_ctx;
     it->ordered = ordered;
-    it->window = v.window;
+    it->window = pool->window;
     it->retry.head = it->retry.tail = NONE;
     it->done.head = it->done.tail = NONE;
     it->free_head = NONE;
     it->pump_every = PUMP_EVERY;
-    it->keep = KEEP_TOTAL / 2u / v.window;
-    if (it->keep > PMAP__KEEP_BYTES)
-        it->keep = PMAP__KEEP_BYTES;
+    it->keep = KEEP_TOTAL / 2u / it->window;
+    if (it->keep > KEEP_BYTES)
+        it->keep = KEEP_BYTES;
     it->sink.it = it;
     it->sink.done = on_done;
     it->sink.done_many = on_done_many;
     it->sink.retry = on_retry;
     it->sink.timing = on_timing;
-    *v.iter_slot = it;
-    v.ops->begin(v.be);
+    pool->iter = it;
+    it->ops->begin(it->be);
     return it;
 }
 
@@ -624,15 +652,6 @@ pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx)
 pmap_iter *pmap_imap_unordered(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx)
 {
     return iter_new(pool, gen, gen_ctx, 0);
-}
-
-/* True in the process that created the iterator. No system call while no
- * fork has happened since (pmap_next runs once per record). */
-static int is_owner(const struct pmap_iter *it)
-{
-    if (it->fork_gen != 0 && it->fork_gen == pmap__fork_gen_value)
-        return 1;
-    return it->owner == getpid();
 }
 
 static void fill(pmap_item *item, const struct pmap__rec *r)
@@ -676,7 +695,7 @@ static int next_slow(struct pmap_iter *it, pmap_item *item)
  * of held record, either order. */
 static PMAP__RARE int next_general(struct pmap_iter *it, pmap_item *item)
 {
-    if (!is_owner(it))
+    if (!pmap__is_owner(&it->owner))
         return PMAP_EINVAL;
     if (it->held != NULL) {
         release(it, it->held);
@@ -699,7 +718,7 @@ int pmap_next(pmap_iter *it, pmap_item *item)
      * All tests come before any store: a miss leaves everything to the
      * general way. */
     r = it->held;
-    if (it->fork_gen == pmap__fork_gen_value && r != NULL && r->state == R_DONE &&
+    if (it->owner.fork_gen == pmap__fork_gen_value && r != NULL && r->state == R_DONE &&
         r->result.cap <= it->keep && it->since_pump + 1u < it->pump_every) {
         struct pmap__rec *nx;
 
@@ -744,11 +763,11 @@ int pmap_iter_free(pmap_iter *it)
     if (it == NULL)
         return PMAP_OK;
     rc = it->fatal;
-    if (it->owner == getpid()) {
+    if (pmap__is_owner(&it->owner)) {
         /* Whatever is still running for this map is of no use any more. */
         if (!it->stopped)
-            it->v.ops->cancel(it->v.be);
-        *it->v.iter_slot = NULL;
+            it->ops->cancel(it->be);
+        it->pool->iter = NULL;
     }
     for (i = 0; i < it->fresh; i++) {
         pmap__buf_free(&it->recs[i].param);

@@ -6,7 +6,9 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "internal.h"
+#include "wire.h"
+
+#include "buf.h"
 
 #include <string.h>
 

@@ -8,7 +8,8 @@
 #ifndef PMAP_TEST_FAULTOPS_H
 #define PMAP_TEST_FAULTOPS_H
 
-#include "internal.h"
+#include "io.h"
+#include "wire.h"
 #include "pmap.h"
 
 #include <errno.h>

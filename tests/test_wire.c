@@ -6,7 +6,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "internal.h"
+#include "wire.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -11,7 +11,7 @@
  * payload must land exactly in the room the callback gave (ASan checks the
  * bounds of each exact-size allocation).
  */
-#include "internal.h"
+#include "wire.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -4,7 +4,7 @@
  * broken ones. Each file starts with the fuzz target's 5-byte prefix
  * (record limit selector, split seed).
  */
-#include "internal.h"
+#include "wire.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -1,0 +1,60 @@
+/*
+ * Library-owned byte buffers (the public opaque pmap_buf) and the small
+ * copy every per-record path uses.
+ */
+#ifndef PMAP_BUF_H
+#define PMAP_BUF_H
+
+#include "internal.h"
+
+#include <stddef.h>
+#include <string.h>
+
+/* Records up to this size live inside the buffer itself: a slot of the
+ * window then holds a tiny record without a heap block of its own, which
+ * halves the memory a map of tiny records walks through per record. */
+#define PMAP__BUF_SMALL 16u
+
+/* A buffer must not be moved or copied once initialised (data may point
+ * into it). */
+struct pmap_buf {
+    unsigned char *data; /* `small` until more is needed; never NULL once initialised */
+    size_t len;
+    size_t cap;
+    size_t max; /* max_record_bytes: the most len may be */
+    unsigned char small[PMAP__BUF_SMALL];
+};
+
+void pmap__buf_init(struct pmap_buf *b, size_t max);
+/* Make room for `cap` bytes, keeping the contents. 0 or PMAP_ENOMEM. */
+int pmap__buf_reserve(struct pmap_buf *b, size_t cap);
+/* Release the storage if it grew past `keep` bytes; empty the buffer. */
+void pmap__buf_trim(struct pmap_buf *b, size_t keep);
+void pmap__buf_free(struct pmap_buf *b);
+
+/* memcpy for records that are usually a few bytes: fixed-size moves the
+ * compiler inlines, instead of a library call per record. No overlap. */
+static inline void pmap__copy(void *dst, const void *src, size_t n)
+{
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+
+    if (n >= 8 && n <= 16) {
+        memcpy(d, s, 8);
+        memcpy(d + n - 8, s + n - 8, 8);
+    } else if (n >= 4 && n < 8) {
+        memcpy(d, s, 4);
+        memcpy(d + n - 4, s + n - 4, 4);
+    } else if (n < 4) {
+        if (n > 0)
+            d[0] = s[0];
+        if (n > 1)
+            d[1] = s[1];
+        if (n > 2)
+            d[2] = s[2];
+    } else {
+        memcpy(d, s, n);
+    }
+}
+
+#endif /* PMAP_BUF_H */

@@ -1,0 +1,79 @@
+/*
+ * System helpers (io.c): descriptors that stay out of the host's way, I/O
+ * that survives EINTR and short transfers, the SIGPIPE guard, the clock,
+ * the fork generation and the registry of libpmap's own descriptors.
+ */
+#ifndef PMAP_IO_H
+#define PMAP_IO_H
+
+#include "internal.h"
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* A pipe whose ends are close-on-exec, numbered >= 3 and registered as
+ * libpmap's own (so every worker closes them). 0 or PMAP_ESYS/ENOMEM. */
+int pmap__pipe(int fds[2]);
+/* Unregister and close *fd (if >= 0), then set it to -1. errno preserved. */
+void pmap__close(int *fd);
+int pmap__set_nonblock(int fd);
+/* Ask for a larger pipe buffer where the kernel allows; failure is harmless. */
+void pmap__pipe_grow(int fd, int bytes);
+
+/* Blocking write of everything, iovecs included (worker side). 0 or ESYS. */
+int pmap__writev_all(int fd, struct iovec *iov, int iovcnt);
+/* One read, retried on EINTR: >0 bytes, 0 EOF, -1 would block, PMAP_ESYS. */
+long pmap__read_once(int fd, void *buf, size_t cap);
+
+/* Guard against SIGPIPE around writes to pipes whose reader may be gone:
+ * blocks SIGPIPE in this thread and, on leaving, discards a SIGPIPE that our
+ * writes raised (never one that was pending before). */
+struct pmap__sigpipe_guard {
+    int was_pending;
+    int blocked; /* the guard blocked it (it was not blocked already) */
+    int epipe;   /* set by the writer when a write failed with EPIPE */
+};
+void pmap__sigpipe_enter(struct pmap__sigpipe_guard *g);
+void pmap__sigpipe_leave(struct pmap__sigpipe_guard *g);
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t pmap__now_ns(void);
+#define PMAP__NS_PER_MS 1000000u
+#define PMAP__NS_PER_S 1000000000u
+
+/* A number that changes in every child forked after the first call (a
+ * pthread_atfork child handler bumps it), so that "am I still the process
+ * that made this?" costs a load instead of a getpid() system call on the
+ * hot path. Returns 0 when the handler could not be installed: then the
+ * caller must ask getpid() every time. */
+unsigned pmap__fork_gen(void);
+extern volatile unsigned pmap__fork_gen_value;
+
+/* Who made an object, to tell later whether this process is still that
+ * one (an object inherited through the host's fork() is inert). */
+struct pmap__owner {
+    pid_t pid;
+    unsigned fork_gen; /* pmap__fork_gen() then; 0 (never a generation): ask getpid() */
+};
+void pmap__owner_init(struct pmap__owner *o);
+/* True in the process that made it. No system call while no fork has
+ * happened since. */
+static inline int pmap__is_owner(const struct pmap__owner *o)
+{
+    if (o->fork_gen != 0 && o->fork_gen == pmap__fork_gen_value)
+        return 1;
+    return o->pid == getpid();
+}
+
+/* The registry of libpmap's descriptors, so that a new worker can close
+ * every descriptor of every pool but its own. */
+void pmap__fdreg_lock(void);
+void pmap__fdreg_unlock(void);
+/* In a freshly forked worker, with the registry lock held by the fork:
+ * close every registered descriptor except keep1 and keep2, and leave the
+ * worker with an empty, unlocked registry of its own. */
+void pmap__fdreg_child(int keep1, int keep2);
+
+#endif /* PMAP_IO_H */
