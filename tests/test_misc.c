@@ -99,6 +99,51 @@ static void test_options_init(void **state)
     pmap_options_init(NULL); /* a no-op, must not crash */
 }
 
+static int sq_task(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    (void)ctx;
+    return pmap_buf_set(out, param, len);
+}
+
+/* The sized entry points behind the macros (DESIGN 7): a struct from a
+ * newer header is accepted when the fields this library does not know are
+ * at their defaults (zero), refused otherwise; a size smaller than the
+ * 1.0 layout is refused. */
+static void test_options_sizes(void **state)
+{
+    struct {
+        pmap_options opt;
+        uint64_t newer[2]; /* fields of a later version */
+    } big;
+    size_t v1 = offsetof(pmap_options, max_worker_rss) + sizeof(size_t);
+    pmap_pool *pool;
+
+    (void)state;
+    memset(&big, 0xa5, sizeof big);
+    pmap_options_init_sized(&big.opt, sizeof big);
+    assert_int_equal(big.newer[0], 0);
+    assert_int_equal(big.newer[1], 0);
+    big.opt.workers = 1;
+    pool = pmap_pool_create_sized(sq_task, NULL, &big.opt, sizeof big);
+    assert_non_null(pool);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+
+    big.newer[1] = 1;
+    errno = 0;
+    assert_null(pmap_pool_create_sized(sq_task, NULL, &big.opt, sizeof big));
+    assert_int_equal(errno, EINVAL);
+
+    errno = 0;
+    assert_null(pmap_pool_create_sized(sq_task, NULL, &big.opt, v1 - 1));
+    assert_int_equal(errno, EINVAL);
+
+    /* Init never writes past the size it is given. */
+    memset(&big, 0xa5, sizeof big);
+    pmap_options_init_sized(&big.opt, v1);
+    assert_int_equal(((unsigned char *)&big)[v1], 0xa5);
+    assert_int_equal(big.opt.workers, 0);
+}
+
 static void test_worker_id_in_caller(void **state)
 {
     (void)state;
@@ -330,6 +375,7 @@ int main(void)
         cmocka_unit_test(test_strerror_unknown),
         cmocka_unit_test(test_version),
         cmocka_unit_test(test_options_init),
+        cmocka_unit_test(test_options_sizes),
         cmocka_unit_test(test_worker_id_in_caller),
         cmocka_unit_test(test_cpu_count),
         cmocka_unit_test(test_cpu_count_affinity),

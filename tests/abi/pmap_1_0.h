@@ -1,0 +1,359 @@
+/*
+ * pmap.h exactly as version 1.0.0 shipped it (a frozen copy, never to be
+ * edited): tests/test_abi.c builds against it to prove that a program
+ * compiled with the 1.0 header keeps working with the current library.
+ */
+/*
+ * libpmap: parallel map over worker processes.
+ *
+ * The model
+ * ---------
+ * A program hands libpmap two callbacks:
+ *
+ *  - a *generator* (pmap_gen_fn) that produces parameter records one at a
+ *    time, lazily, in the calling process, and
+ *  - a *task* (pmap_task_fn) that turns one parameter record into one result
+ *    record, in a worker process.
+ *
+ * pmap_pool_create() forks the workers; pmap_imap() starts a map over the
+ * generator's records; pmap_next() returns the results in input order
+ * (pmap_imap_unordered(): in completion order). Records are plain bytes that
+ * libpmap never interprets. It is the C counterpart of Python's
+ * multiprocessing.Pool.imap.
+ *
+ * The consumer loop
+ * -----------------
+ *
+ *     pmap_item item;
+ *     int rc;
+ *     while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+ *         if (item.status != PMAP_OK) {
+ *             report(item.index, item.status, item.code);
+ *             continue;
+ *         }
+ *         if (item.len)
+ *             use(item.data, item.len);
+ *     }
+ *     if (rc != PMAP_DONE)
+ *         fprintf(stderr, "map failed: %s\n", pmap_strerror(rc));
+ *     pmap_iter_free(it);
+ *
+ * A failure of one task (an error code, a crash, a timeout) is reported on
+ * that item only; the rest of the map goes on.
+ *
+ * The fork snapshot rule
+ * ----------------------
+ * Workers are forked from the caller. A task sees the caller's memory as it
+ * was when *its* worker was forked: at pmap_pool_create(), or later when a
+ * worker is replaced (after a crash, a timeout, recycling, or an early
+ * pmap_iter_free()). Data a task needs must therefore exist before
+ * pmap_pool_create() and never change afterwards, or travel in the parameter
+ * record. Results come back only through the task's `out` buffer.
+ *
+ * Threads: a pool may be used from one thread at a time (any thread); pools
+ * used from different threads work side by side. Forking a multi-threaded
+ * program copies only the forking thread: a task must not rely on locks that
+ * other caller threads might hold (the usual fork caveat).
+ */
+#ifndef PMAP_H
+#define PMAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(PMAP_STATIC)
+#define PMAP_API
+#elif defined(__GNUC__)
+#define PMAP_API __attribute__((visibility("default")))
+#else
+#define PMAP_API
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Version                                                                  */
+/* ------------------------------------------------------------------------ */
+
+#define PMAP_VERSION_MAJOR 1
+#define PMAP_VERSION_MINOR 0
+#define PMAP_VERSION_PATCH 0
+/** The version as one number, e.g. 10000 for 1.0.0. */
+#define PMAP_VERSION_NUMBER                                                                        \
+    (PMAP_VERSION_MAJOR * 10000 + PMAP_VERSION_MINOR * 100 + PMAP_VERSION_PATCH)
+#define PMAP_VERSION_STRING "1.0.0"
+
+/**
+ * Return the version of the library actually linked, as "MAJOR.MINOR.PATCH".
+ * Compare with PMAP_VERSION_STRING to detect a header/library mismatch.
+ * The string is static. Callable anywhere.
+ */
+PMAP_API const char *pmap_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                             */
+/* ------------------------------------------------------------------------ */
+
+/** Status codes: 0 success, PMAP_DONE end of iteration, negative errors. */
+enum {
+    PMAP_OK = 0,
+    PMAP_DONE = 1,       /**< pmap_next: no more items */
+    PMAP_EINVAL = -1,    /**< bad argument or misuse */
+    PMAP_ENOMEM = -2,    /**< out of memory */
+    PMAP_ESYS = -3,      /**< a system call failed; errno says which */
+    PMAP_ETASK = -4,     /**< the task returned non-zero; item.code holds it */
+    PMAP_ECRASH = -5,    /**< the worker died on this item; item.code: signal number
+                          *   (killed) or exit status */
+    PMAP_ETIMEOUT = -6,  /**< the item ran past task_timeout_ms; its worker was killed */
+    PMAP_EGEN = -7,      /**< the generator returned an error; iteration ended */
+    PMAP_ETOOBIG = -8,   /**< a record exceeded max_record_bytes */
+    PMAP_EPROTO = -9,    /**< a worker broke the wire protocol */
+    PMAP_EBUSY = -10,    /**< the pool already has an open iterator */
+    PMAP_EWORKER = -11   /**< workers cannot be started: worker_init keeps failing, or
+                          *   fork does */
+};
+
+/**
+ * Return a short English description of a status code ("success",
+ * "the task crashed", ...). Unknown values give "unknown status".
+ * Never NULL; the string is static and must not be freed. Callable anywhere.
+ */
+PMAP_API const char *pmap_strerror(int status);
+
+/* ------------------------------------------------------------------------ */
+/* Types                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/** A pool of worker processes. Opaque; see pmap_pool_create(). */
+typedef struct pmap_pool pmap_pool;
+/** One map in progress over a pool. Opaque; see pmap_imap(). */
+typedef struct pmap_iter pmap_iter;
+/**
+ * A byte buffer owned by the library, handed to the generator (to fill with
+ * a parameter record) and to the task (to fill with a result record). Never
+ * keep a pointer to it, or into it, past the callback that received it.
+ */
+typedef struct pmap_buf pmap_buf;
+
+/**
+ * Replace the contents of `buf` with a copy of `len` bytes from `data`
+ * (`data` may be NULL when `len` is 0).
+ *
+ * Returns PMAP_OK; PMAP_ETOOBIG if `len` exceeds the pool's
+ * max_record_bytes; PMAP_ENOMEM if memory ran out; PMAP_EINVAL if `buf` is
+ * NULL or `data` is NULL with a non-zero `len`. On failure the buffer is left
+ * empty (length 0). Use inside a generator or a task, on the buffer it was
+ * given.
+ */
+PMAP_API int pmap_buf_set(pmap_buf *buf, const void *data, size_t len);
+
+/**
+ * Make the buffer exactly `len` bytes long and return a pointer to those
+ * bytes for the caller to write, so a record can be built in place without
+ * a copy. The first min(previous length, len) bytes are kept, so a record
+ * may be reserved generously, written, then trimmed to its final length
+ * with a second call.
+ *
+ * Returns NULL, with the buffer left empty, if `len` exceeds
+ * max_record_bytes (errno E2BIG), if memory ran out (ENOMEM) or if `buf` is
+ * NULL (EINVAL). The pointer is valid until the callback returns or the next
+ * call on the same buffer. Use inside a generator or a task.
+ */
+PMAP_API void *pmap_buf_reserve(pmap_buf *buf, size_t len);
+
+/**
+ * The task: runs in a worker process, once per parameter record.
+ *
+ * `ctx` is the pointer given to pmap_pool_create() (as it was in the caller
+ * when the worker was forked). `param`/`len` is the record (param is never
+ * NULL, even when len is 0; the bytes are valid during the call only).
+ * Write the result into `out` with pmap_buf_set() or pmap_buf_reserve(); an
+ * untouched `out` is an empty result (len 0).
+ *
+ * Return 0 on success. Any other value makes the item PMAP_ETASK with
+ * item.code = that value (the result bytes are then discarded).
+ */
+typedef int (*pmap_task_fn)(void *ctx, const void *param, size_t len, pmap_buf *out);
+
+/**
+ * The generator: runs in the calling process, lazily, inside pmap_next().
+ * Fill `param` and return 1 for one more record; return 0 at the end of the
+ * input; return a negative value on error (the map then ends with
+ * PMAP_EGEN once every earlier record has been returned). An untouched
+ * `param` is an empty record. After it has returned 0 or an error, the
+ * generator is not called again by the same iterator.
+ */
+typedef int (*pmap_gen_fn)(void *gen_ctx, pmap_buf *param);
+
+/* ------------------------------------------------------------------------ */
+/* Options                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * Pool options. Always initialise with pmap_options_init() and then set the
+ * fields you need: fields may be appended in later versions.
+ */
+typedef struct pmap_options {
+    /** Worker processes; 0: pmap_cpu_count(). Negative is PMAP_EINVAL. */
+    int workers;
+    /** Records per batch sent to a worker; 0: adaptive (batches sized by
+     *  measured task time, so tiny tasks travel in large batches and slow
+     *  ones one at a time). */
+    unsigned chunk;
+    /** Most records generated but not yet returned by pmap_next();
+     *  0: automatic (a bounded value that keeps all workers busy). This is
+     *  what bounds the caller's memory, however long the input. */
+    unsigned window;
+    /** Replace a worker after it has run this many records; 0: never. */
+    unsigned long max_tasks_per_worker;
+    /** Per-record time limit in milliseconds, counted from the moment the
+     *  record's task starts; an item over it is PMAP_ETIMEOUT and its
+     *  worker is killed and replaced. 0: no limit. */
+    unsigned task_timeout_ms;
+    /** Largest parameter or result record in bytes; 0: 1 GiB. */
+    size_t max_record_bytes;
+    /** Run once in every new worker before its first record; a non-zero
+     *  return is a failed start (see pmap_pool_create() and PMAP_EWORKER).
+     *  NULL: nothing. Receives the pool's `ctx`. */
+    int (*worker_init)(void *ctx);
+    /** Replace a worker once its resident memory exceeds this many bytes,
+     *  checked after each record (Linux; ignored elsewhere). 0: no limit. */
+    size_t max_worker_rss;
+} pmap_options;
+
+/**
+ * Fill `opt` with the defaults (all zero: automatic worker count, adaptive
+ * chunk, automatic window, no recycling, no timeout, 1 GiB records).
+ * NULL is a no-op.
+ */
+PMAP_API void pmap_options_init(pmap_options *opt);
+
+/* ------------------------------------------------------------------------ */
+/* Pool                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * Create a pool: fork the workers now and wait until each has run
+ * worker_init. `fn` is the task; `ctx` is passed to it and to worker_init
+ * (the library never dereferences it). `opt` may be NULL for defaults; it
+ * is copied.
+ *
+ * Returns the pool, or NULL with errno set: EINVAL (NULL fn, negative
+ * workers), ENOMEM, ECHILD (worker_init failed, or a worker died while
+ * starting), or the errno of a failed system call (EAGAIN from fork, EMFILE,
+ * ...). On failure no child process or descriptor is left behind.
+ *
+ * The caller's buffered stdio is flushed before forking. Caller process only.
+ */
+PMAP_API pmap_pool *pmap_pool_create(pmap_task_fn fn, void *ctx, const pmap_options *opt);
+
+/**
+ * Stop and reap every worker and free the pool. Idle workers exit at once;
+ * a worker still busy is killed after a short grace period, so this never
+ * hangs. Afterwards the process has the descriptors and children it had
+ * before the pool was created. NULL is a no-op (returns PMAP_OK).
+ *
+ * Returns PMAP_OK, or PMAP_EBUSY (and does nothing) while an iterator is
+ * open on the pool. In a child process that inherited the pool through the
+ * host's fork(), the pool is inert: this releases the child's copies of its
+ * memory and descriptors and touches none of the parent's workers.
+ */
+PMAP_API int pmap_pool_destroy(pmap_pool *pool);
+
+/* ------------------------------------------------------------------------ */
+/* Iterator                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * Start a map over the records produced by `gen`, results in input order.
+ * Nothing runs until the first pmap_next(); the generator is called only
+ * from pmap_next(), and only while fewer than `window` records are
+ * generated but not yet returned.
+ *
+ * Returns the iterator, or NULL with errno set: EINVAL (NULL pool or gen, or
+ * a pool inherited through fork), EBUSY (the pool already has an open
+ * iterator), ENOMEM. Free it with pmap_iter_free(). Caller process only.
+ */
+PMAP_API pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx);
+
+/**
+ * As pmap_imap(), but results are returned as soon as they are back, in no
+ * particular order; item.index tells which record each one is.
+ */
+PMAP_API pmap_iter *pmap_imap_unordered(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx);
+
+/** One result of a map, filled by pmap_next(). */
+typedef struct pmap_item {
+    /** 0-based position of the record in the generator's sequence. */
+    uint64_t index;
+    /** PMAP_OK, PMAP_ETASK, PMAP_ECRASH, PMAP_ETIMEOUT or PMAP_EPROTO. */
+    int status;
+    /** PMAP_ETASK: the task's return value; PMAP_ECRASH: the signal number
+     *  if the worker was killed by one, else its exit status, -1 if
+     *  unknowable (the host reaped it, e.g. SIGCHLD set to SIG_IGN);
+     *  otherwise 0. */
+    int code;
+    /** Result bytes (status PMAP_OK only; NULL when len is 0); valid until
+     *  the next pmap_next() or pmap_iter_free() on this iterator. */
+    const void *data;
+    /** Length of the result in bytes. */
+    size_t len;
+} pmap_item;
+
+/**
+ * Return the next result of the map.
+ *
+ * Returns PMAP_OK with *item filled; PMAP_DONE when every record has been
+ * returned; or a negative status when the map failed as a whole
+ * (PMAP_EGEN, PMAP_ESYS, PMAP_EWORKER, PMAP_ENOMEM), after every record
+ * generated before the failure has been returned. After PMAP_DONE or a
+ * failure, further calls return the same value. PMAP_EINVAL for NULL
+ * arguments. The pool stays usable after a failure.
+ *
+ * A record whose worker crashed (or was killed for a timeout) may have to
+ * run again to pin the failure on the exact record: the records that shared
+ * a batch with it, and whose results had not come back, run once more on a
+ * fresh worker. That is the only case in which a record runs more than
+ * once. Caller process only.
+ */
+PMAP_API int pmap_next(pmap_iter *it, pmap_item *item);
+
+/**
+ * End the map and free the iterator, early if needed: workers still busy
+ * with its records are stopped (killed) and replaced, so this returns
+ * promptly however long the tasks are. The pool stays usable.
+ *
+ * Returns the fatal error that ended the map (as pmap_next() returned it),
+ * else PMAP_OK. NULL is a no-op (returns PMAP_OK).
+ */
+PMAP_API int pmap_iter_free(pmap_iter *it);
+
+/* ------------------------------------------------------------------------ */
+/* Utilities                                                                */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * The number of CPUs this process may run on: its affinity mask (Linux), and
+ * on Linux also a cgroup CPU quota (rounded up) when one is set. Always >= 1.
+ * Callable anywhere.
+ */
+PMAP_API int pmap_cpu_count(void);
+
+/**
+ * Inside a worker: its number, 0 .. workers-1 (a replacement worker takes
+ * the number of the one it replaces). In the caller: -1.
+ */
+PMAP_API int pmap_worker_id(void);
+
+/*
+ * Functions that return a pointer return NULL on failure and set errno
+ * (EINVAL, ENOMEM, EBUSY for a second open iterator on one pool, ...).
+ */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PMAP_H */
