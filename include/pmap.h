@@ -49,6 +49,24 @@
  * used from different threads work side by side. Forking a multi-threaded
  * program copies only the forking thread: a task must not rely on locks that
  * other caller threads might hold (the usual fork caveat).
+ *
+ * Processes: "caller process only" below means the process that created the
+ * pool (or the iterator). A child the host forks inherits copies of them
+ * that are inert there: pmap_imap() refuses such a pool (EINVAL), pmap_next()
+ * returns PMAP_EINVAL, and pmap_iter_free() / pmap_pool_destroy() only free
+ * the child's copies, touching none of the parent's workers. A task may
+ * create a pool of its own inside its worker; that pool's workers are then
+ * the worker's children.
+ *
+ * Inside every worker libpmap runs one small watchdog thread (64 KiB stack,
+ * every signal blocked) that ends the worker within about 0.1 s once the
+ * caller process is gone, even in the middle of a long task. The task runs
+ * on the worker's main thread.
+ *
+ * Ending a worker: a task reports failure by returning non-zero; it must
+ * not call exit(), which runs the host's atexit() handlers and flushes the
+ * host's stdio copies inside the worker (_exit() skips them; either way the
+ * item is PMAP_ECRASH with the exit status).
  */
 #ifndef PMAP_H
 #define PMAP_H
@@ -162,8 +180,12 @@ PMAP_API void *pmap_buf_reserve(pmap_buf *buf, size_t len);
  * The task: runs in a worker process, once per parameter record.
  *
  * `ctx` is the pointer given to pmap_pool_create() (as it was in the caller
- * when the worker was forked). `param`/`len` is the record (param is never
- * NULL, even when len is 0; the bytes are valid during the call only).
+ * when the worker was forked: it must point to memory that exists at that
+ * moment, and the caller may free it once the pool is destroyed).
+ * `param`/`len` is the record: param is never NULL, even when len is 0, it
+ * is aligned to at least 8 bytes (a record of fixed-size integers or doubles
+ * may be read through a pointer of its type), and the bytes are valid during
+ * the call only.
  * Write the result into `out` with pmap_buf_set() or pmap_buf_reserve(); an
  * untouched `out` is an empty result (len 0).
  *
@@ -178,7 +200,8 @@ typedef int (*pmap_task_fn)(void *ctx, const void *param, size_t len, pmap_buf *
  * input; return a negative value on error (the map then ends with
  * PMAP_EGEN once every earlier record has been returned). An untouched
  * `param` is an empty record. After it has returned 0 or an error, the
- * generator is not called again by the same iterator.
+ * generator is not called again by the same iterator. `gen_ctx` is the
+ * pointer given to pmap_imap(); it must stay valid until pmap_iter_free().
  */
 typedef int (*pmap_gen_fn)(void *gen_ctx, pmap_buf *param);
 
@@ -211,7 +234,8 @@ typedef struct pmap_options {
     size_t max_record_bytes;
     /** Run once in every new worker before its first record; a non-zero
      *  return is a failed start (see pmap_pool_create() and PMAP_EWORKER).
-     *  NULL: nothing. Receives the pool's `ctx`. */
+     *  NULL: nothing. Receives the pool's `ctx`; pmap_worker_id() already
+     *  gives the worker's number inside it. */
     int (*worker_init)(void *ctx);
     /** Replace a worker once its resident memory exceeds this many bytes,
      *  checked after each record (Linux; ignored elsewhere). 0: no limit. */
@@ -240,7 +264,10 @@ PMAP_API void pmap_options_init(pmap_options *opt);
  * starting), or the errno of a failed system call (EAGAIN from fork, EMFILE,
  * ...). On failure no child process or descriptor is left behind.
  *
- * The caller's buffered stdio is flushed before forking. Caller process only.
+ * `ctx` must stay valid for the life of the pool when the task or
+ * worker_init reads it: replacement workers fork later and see it then.
+ * The caller's buffered stdio is flushed before forking. May be called in
+ * any process, a worker included (see "Processes" above).
  */
 PMAP_API pmap_pool *pmap_pool_create(pmap_task_fn fn, void *ctx, const pmap_options *opt);
 
@@ -286,7 +313,10 @@ PMAP_API int pmap_pool_destroy(pmap_pool *pool);
  *
  * Returns the iterator, or NULL with errno set: EINVAL (NULL pool or gen, or
  * a pool inherited through fork), EBUSY (the pool already has an open
- * iterator), ENOMEM. Free it with pmap_iter_free(). Caller process only.
+ * iterator), ENOMEM. Free it with pmap_iter_free(): an iterator holds its
+ * pool until then, even after pmap_next() returned PMAP_DONE (another
+ * pmap_imap() on the pool fails with EBUSY, pmap_pool_destroy() with
+ * PMAP_EBUSY). Caller process only.
  */
 PMAP_API pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx);
 
@@ -307,8 +337,9 @@ typedef struct pmap_item {
      *  unknowable (the host reaped it, e.g. SIGCHLD set to SIG_IGN);
      *  otherwise 0. */
     int code;
-    /** Result bytes (status PMAP_OK only; NULL when len is 0); valid until
-     *  the next pmap_next() or pmap_iter_free() on this iterator. */
+    /** Result bytes (status PMAP_OK only; NULL when len is 0), aligned to
+     *  at least 8 bytes; valid until the next pmap_next() or
+     *  pmap_iter_free() on this iterator. */
     const void *data;
     /** Length of the result in bytes. */
     size_t len;
@@ -322,7 +353,10 @@ typedef struct pmap_item {
  * (PMAP_EGEN, PMAP_ESYS, PMAP_EWORKER, PMAP_ENOMEM), after every record
  * generated before the failure has been returned. After PMAP_DONE or a
  * failure, further calls return the same value. PMAP_EINVAL for NULL
- * arguments. The pool stays usable after a failure.
+ * arguments, and in a process that inherited the iterator through fork().
+ * The pool stays usable after a failure. When the failure is the backend's
+ * (PMAP_ESYS, PMAP_ENOMEM, PMAP_EWORKER), records that were running are lost
+ * with it: in input order the items after them still come out, with gaps.
  *
  * A record whose worker crashed (or was killed for a timeout) may have to
  * run again to pin the failure on the exact record: the records that shared
@@ -338,7 +372,9 @@ PMAP_API int pmap_next(pmap_iter *it, pmap_item *item);
  * promptly however long the tasks are. The pool stays usable.
  *
  * Returns the fatal error that ended the map (as pmap_next() returned it),
- * else PMAP_OK. NULL is a no-op (returns PMAP_OK).
+ * else PMAP_OK. NULL is a no-op (returns PMAP_OK). In a process that
+ * inherited the iterator through fork() it frees that process's copy only
+ * and stops nothing.
  */
 PMAP_API int pmap_iter_free(pmap_iter *it);
 

@@ -22,7 +22,9 @@ struct pmap_buf {
     size_t len;
     size_t cap;
     size_t max; /* max_record_bytes: the most len may be */
-    unsigned char small[PMAP__BUF_SMALL];
+    /* Aligned like malloc's blocks are (at least 8), so that records are
+     * aligned the same wherever they live (pmap.h promises 8). */
+    _Alignas(8) unsigned char small[PMAP__BUF_SMALL];
 };
 
 void pmap__buf_init(struct pmap_buf *b, size_t max);

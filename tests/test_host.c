@@ -1234,6 +1234,67 @@ static void test_inherited_pool_inert(void **state)
     tu_snap_check(&snap);
 }
 
+/* An iterator open when the host forks: in the child it is inert
+ * (pmap_next says PMAP_EINVAL, pmap_iter_free frees the child's copy and
+ * stops nothing), and the parent's map goes on, whole. */
+static pmap_iter *inherited_it;
+
+static int inherit_iter_child(void *arg)
+{
+    pmap_item item;
+
+    (void)arg;
+    if (pmap_next(inherited_it, &item) != PMAP_EINVAL)
+        return 1;
+    if (pmap_next(inherited_it, &item) != PMAP_EINVAL)
+        return 2;
+    if (pmap_iter_free(inherited_it) != PMAP_OK)
+        return 3;
+    if (pmap_pool_destroy(inherited) != PMAP_OK)
+        return 4;
+    return 0;
+}
+
+static void test_inherited_iter_inert(void **state)
+{
+    enum { N = 40 };
+    struct tu_snap snap;
+    pmap_options opt;
+    struct fo_plan *pl = fo_plan_new(N, FO_SLEEP, 2);
+    pmap_item item;
+    uint64_t got = 0;
+    int rc;
+
+    (void)state;
+    tu_snap_take(&snap);
+    fo_opts(&opt, 2, 1);
+    inherited = fo_pool(&opt);
+    inherited_it = pmap_imap(inherited, fo_gen, pl);
+    assert_non_null(inherited_it);
+    for (; got < 5; got++) {
+        assert_int_equal(pmap_next(inherited_it, &item), PMAP_OK);
+        assert_int_equal(item.index, got);
+    }
+    /* Records are in flight on both workers now. */
+    assert_child_ok(in_child(inherit_iter_child, NULL));
+    while ((rc = pmap_next(inherited_it, &item)) == PMAP_OK) {
+        struct fo_res res;
+
+        assert_int_equal(item.index, got);
+        assert_int_equal(item.status, PMAP_OK);
+        assert_int_equal(item.len, sizeof res);
+        memcpy(&res, item.data, sizeof res);
+        assert_true(res.value == fo_echo_value(got));
+        got++;
+    }
+    assert_int_equal(rc, PMAP_DONE);
+    assert_int_equal(got, N);
+    assert_int_equal(pmap_iter_free(inherited_it), PMAP_OK);
+    assert_int_equal(pmap_pool_destroy(inherited), PMAP_OK);
+    fo_plan_free(pl);
+    tu_snap_check(&snap);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Descriptors 0-2 and stdio                                                */
 /* ------------------------------------------------------------------------ */
@@ -1489,6 +1550,7 @@ int main(void)
         T(test_two_pools_interleaved),
         T(test_pools_in_two_threads),
         T(test_inherited_pool_inert),
+        T(test_inherited_iter_inert),
         T(test_closed_stdio),
         T(test_stdio_not_duplicated),
         T(test_stdio_flushed_atexit_host_only),

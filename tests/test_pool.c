@@ -1392,7 +1392,12 @@ static void test_ebusy(void **state)
     }
     assert_int_equal(rc, PMAP_DONE);
     assert_int_equal(got, 300);
-    assert_int_equal(pmap_pool_destroy(pool), PMAP_EBUSY); /* still open until freed */
+    /* An exhausted iterator still holds the pool until it is freed. */
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_EBUSY);
+    errno = 0;
+    assert_null(pmap_imap(pool, cmd_gen, &g2));
+    assert_int_equal(errno, EBUSY);
+    assert_int_equal(pmap_next(it, &item), PMAP_DONE);
     assert_int_equal(pmap_iter_free(it), PMAP_OK);
     /* Free again: a new iterator is allowed. */
     run_echo_map(pool, 300, 0);
@@ -1781,6 +1786,172 @@ static void test_etoobig(void **state)
     tu_snap_check(&snap);
 }
 
+/* Records of every length reach the task 8-byte aligned, and results
+ * come back 8-byte aligned (pmap.h promises both). The task reports a
+ * misaligned parameter by its return value. */
+static const size_t align_lens[] = {1, 3, 7, 8, 9, 15, 16, 17, 24, 31, 33, 64, 100, 4095, 4097, 70000};
+#define N_ALIGN_LENS (sizeof align_lens / sizeof align_lens[0])
+
+static int align_task(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    unsigned char *p;
+
+    (void)ctx;
+    if (((uintptr_t)param & 7u) != 0)
+        return 1;
+    /* A result one byte longer than the parameter: other lengths again. */
+    p = pmap_buf_reserve(out, len + 1);
+    if (p == NULL)
+        return 2;
+    memcpy(p, param, len);
+    p[len] = 0x5a;
+    return 0;
+}
+
+struct align_gen {
+    uint64_t i, n;
+};
+
+static int align_gen(void *ctx, pmap_buf *param)
+{
+    struct align_gen *g = ctx;
+    size_t len;
+    unsigned char *p;
+
+    if (g->i == g->n)
+        return 0;
+    len = align_lens[g->i % N_ALIGN_LENS];
+    p = pmap_buf_reserve(param, len);
+    if (p == NULL)
+        return -1;
+    memset(p, (int)(g->i & 0xff), len);
+    g->i++;
+    return 1;
+}
+
+static void test_alignment(void **state)
+{
+    struct tu_snap snap;
+    pmap_pool *pool;
+    int ordered, chunk;
+
+    (void)state;
+    tu_snap_take(&snap);
+    for (chunk = 0; chunk <= 5; chunk += 5) {
+        pool = make_pool(align_task, NULL, 2, (unsigned)chunk, 0);
+        for (ordered = 0; ordered <= 1; ordered++) {
+            struct align_gen g = {0, 20 * N_ALIGN_LENS};
+            pmap_iter *it = ordered ? pmap_imap(pool, align_gen, &g)
+                                    : pmap_imap_unordered(pool, align_gen, &g);
+            pmap_item item;
+            uint64_t got = 0;
+            int rc;
+
+            assert_non_null(it);
+            while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+                size_t len = align_lens[item.index % N_ALIGN_LENS];
+
+                assert_int_equal(item.status, PMAP_OK);
+                assert_int_equal(item.len, len + 1);
+                assert_int_equal((uintptr_t)item.data & 7u, 0);
+                assert_int_equal(((const unsigned char *)item.data)[0], item.index & 0xff);
+                assert_int_equal(((const unsigned char *)item.data)[len], 0x5a);
+                got++;
+            }
+            assert_int_equal(rc, PMAP_DONE);
+            assert_int_equal(got, g.n);
+            assert_int_equal(pmap_iter_free(it), PMAP_OK);
+        }
+        assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    }
+    tu_snap_check(&snap);
+}
+
+/* A task may run a pool of its own inside its worker: the inner pool's
+ * workers are the worker's children and are gone when the task returns.
+ * The result is the inner map's sum, or a negative step number. */
+static int inner_square(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    uint64_t v;
+
+    (void)ctx;
+    if (len != sizeof v)
+        return 1;
+    memcpy(&v, param, sizeof v);
+    v *= v;
+    return pmap_buf_set(out, &v, sizeof v);
+}
+
+static int nested_task(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    pmap_options opt;
+    pmap_pool *inner;
+    pmap_iter *it;
+    pmap_item item;
+    struct tu_range r = {0, 0};
+    int64_t sum = 0;
+    int rc;
+
+    (void)ctx;
+    if (len != sizeof r.n)
+        return 1;
+    memcpy(&r.n, param, sizeof r.n);
+    pmap_options_init(&opt);
+    opt.workers = 2;
+    inner = pmap_pool_create(inner_square, NULL, &opt);
+    if (inner == NULL)
+        sum = -2;
+    it = inner != NULL ? pmap_imap(inner, tu_range_gen, &r) : NULL;
+    if (inner != NULL && it == NULL)
+        sum = -3;
+    while (it != NULL && (rc = pmap_next(it, &item)) == PMAP_OK) {
+        uint64_t v;
+
+        if (item.status != PMAP_OK || item.len != sizeof v || pmap_worker_id() < 0) {
+            sum = -4;
+            break;
+        }
+        memcpy(&v, item.data, sizeof v);
+        sum += (int64_t)v;
+    }
+    if (it != NULL && pmap_iter_free(it) != PMAP_OK)
+        sum = -5;
+    if (inner != NULL && pmap_pool_destroy(inner) != PMAP_OK)
+        sum = -6;
+    return pmap_buf_set(out, &sum, sizeof sum);
+}
+
+static void test_nested_pool(void **state)
+{
+    struct tu_snap snap;
+    struct tu_range r = {0, 6};
+    pmap_pool *pool;
+    pmap_iter *it;
+    pmap_item item;
+    int rc;
+
+    (void)state;
+    tu_snap_take(&snap);
+    pool = make_pool(nested_task, NULL, 2, 1, 0);
+    it = pmap_imap(pool, tu_range_gen, &r);
+    assert_non_null(it);
+    while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+        int64_t sum, want = 0;
+        uint64_t k;
+
+        assert_int_equal(item.status, PMAP_OK);
+        assert_int_equal(item.len, sizeof sum);
+        memcpy(&sum, item.data, sizeof sum);
+        for (k = 0; k < item.index; k++)
+            want += (int64_t)(k * k);
+        assert_int_equal(sum, want);
+    }
+    assert_int_equal(rc, PMAP_DONE);
+    assert_int_equal(pmap_iter_free(it), PMAP_OK);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    tu_snap_check(&snap);
+}
+
 int main(void)
 {
     const char *q = getenv("PMAP_TEST_QUICK");
@@ -1814,6 +1985,8 @@ int main(void)
         cmocka_unit_test(test_create_destroy_cycles),
         cmocka_unit_test(test_pool_reuse),
         cmocka_unit_test(test_etoobig),
+        cmocka_unit_test(test_alignment),
+        cmocka_unit_test(test_nested_pool),
     };
 
     quick = q != NULL && *q != '\0' && strcmp(q, "0") != 0;
