@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,8 +26,17 @@
 /* ------------------------------------------------------------------------ */
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
-static int *reg_fds;
-static size_t reg_len, reg_cap;
+/*
+ * A bitmap of descriptor numbers: adding and removing cost O(1) whatever
+ * the number of pools and workers, and a new worker closes the set in runs
+ * of consecutive numbers (libpmap's pipes are made in bursts, so the runs
+ * are long) with one close_range() each. A list closed one by one cost
+ * every new worker one system call per descriptor of every other worker:
+ * creating n workers was quadratic.
+ */
+#define REG_BITS 64u
+static uint64_t *reg_map;
+static size_t reg_words; /* reg_map covers descriptors [0, 64 * reg_words) */
 
 void pmap__fdreg_lock(void)
 {
@@ -40,46 +50,100 @@ void pmap__fdreg_unlock(void)
 
 static int reg_add_locked(int fd)
 {
-    if (reg_len == reg_cap) {
-        size_t ncap = reg_cap ? reg_cap * 2 : 32;
-        int *p = realloc(reg_fds, ncap * sizeof *p);
+    size_t w = (size_t)fd / REG_BITS;
 
+    if (w >= reg_words) {
+        size_t nwords = reg_words ? reg_words : 4;
+        uint64_t *p;
+
+        while (nwords <= w)
+            nwords *= 2;
+        p = realloc(reg_map, nwords * sizeof *p);
         if (p == NULL)
             return PMAP_ENOMEM;
-        reg_fds = p;
-        reg_cap = ncap;
+        memset(p + reg_words, 0, (nwords - reg_words) * sizeof *p);
+        reg_map = p;
+        reg_words = nwords;
     }
-    reg_fds[reg_len++] = fd;
+    reg_map[w] |= (uint64_t)1 << ((unsigned)fd % REG_BITS);
     return 0;
 }
 
 static void reg_remove_locked(int fd)
 {
-    size_t i;
+    size_t w = (size_t)fd / REG_BITS;
 
-    for (i = 0; i < reg_len; i++) {
-        if (reg_fds[i] == fd) {
-            reg_fds[i] = reg_fds[--reg_len];
-            return;
-        }
-    }
+    if (fd >= 0 && w < reg_words)
+        reg_map[w] &= ~((uint64_t)1 << ((unsigned)fd % REG_BITS));
+}
+
+static int reg_has(int fd)
+{
+    size_t w = (size_t)fd / REG_BITS;
+
+    return fd >= 0 && w < reg_words && (reg_map[w] >> ((unsigned)fd % REG_BITS) & 1u);
+}
+
+int pmap__fdreg_add(int fd)
+{
+    int rc;
+
+    pmap__fdreg_lock();
+    rc = reg_add_locked(fd);
+    pmap__fdreg_unlock();
+    return rc;
+}
+
+void pmap__fdreg_remove(int fd)
+{
+    pmap__fdreg_lock();
+    reg_remove_locked(fd);
+    pmap__fdreg_unlock();
+}
+
+/* Close descriptors [lo, hi]: one system call where the kernel has
+ * close_range(), else one per descriptor. */
+static void close_run(int lo, int hi)
+{
+#if defined(__linux__) && defined(SYS_close_range)
+    if (syscall(SYS_close_range, (unsigned)lo, (unsigned)hi, 0u) == 0)
+        return;
+#endif
+    for (; lo <= hi; lo++)
+        (void)close(lo);
 }
 
 void pmap__fdreg_child(int keep1, int keep2)
 {
-    size_t i;
+    int fd, lo = -1, end = (int)(reg_words * REG_BITS);
 
-    for (i = 0; i < reg_len; i++) {
-        if (reg_fds[i] != keep1 && reg_fds[i] != keep2)
-            close(reg_fds[i]);
+    /* The keepers leave the set first, so they break the runs. */
+    reg_remove_locked(keep1);
+    reg_remove_locked(keep2);
+    for (fd = 0; fd < end; fd++) {
+        int in = reg_has(fd);
+
+        if (in && lo < 0) {
+            lo = fd;
+        } else if (!in && lo >= 0) {
+            close_run(lo, fd - 1);
+            lo = -1;
+        }
+        /* Skip a word without descriptors (no run is open here). */
+        if (!in && fd % (int)REG_BITS == 0 && reg_map[(size_t)fd / REG_BITS] == 0)
+            fd += (int)REG_BITS - 1;
     }
-    /* The worker's own registry starts empty: the parent's entries are not
-     * its business, and a pool it creates registers afresh. */
-    reg_len = 0;
+    if (lo >= 0)
+        close_run(lo, end - 1);
+    /* The worker's own registry holds its two descriptors only: the
+     * parent's entries are not its business, and a pool it creates
+     * registers afresh. */
+    if (reg_words > 0)
+        memset(reg_map, 0, reg_words * sizeof *reg_map);
     if (keep1 >= 0)
-        reg_fds[reg_len++] = keep1;
+        (void)reg_add_locked(keep1);
     if (keep2 >= 0)
-        reg_fds[reg_len++] = keep2;
+        (void)reg_add_locked(keep2);
     /* The forking thread held the lock; in the child it is the only thread. */
     pthread_mutex_init(&reg_lock, NULL);
 }

@@ -71,6 +71,10 @@ static inline int pmap__is_owner(const struct pmap__owner *o)
  * every descriptor of every pool but its own. */
 void pmap__fdreg_lock(void);
 void pmap__fdreg_unlock(void);
+/* Register (or forget) a descriptor libpmap opened by other means than
+ * pmap__pipe, so that new workers close it too. 0 or PMAP_ENOMEM. */
+int pmap__fdreg_add(int fd);
+void pmap__fdreg_remove(int fd);
 /* In a freshly forked worker, with the registry lock held by the fork:
  * close every registered descriptor except keep1 and keep2, and leave the
  * worker with an empty, unlocked registry of its own. */

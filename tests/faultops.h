@@ -38,7 +38,8 @@ enum fo_kind {
     FO_RAISE,        /* raise(arg), then echo */
     FO_PRINTF,       /* printf without flushing (arg 0: also write to fds 1, 2), then echo */
     FO_SLEEP_EXIT,   /* sleep arg ms, then _exit(3) */
-    FO_CLOSE_IN_EXIT /* close the pipes it reads from, sleep arg ms, then _exit(3) */
+    FO_CLOSE_IN_EXIT, /* close the pipes it reads from, sleep arg ms, then _exit(3) */
+    FO_FDOPEN         /* value = 1 if descriptor arg is open in the worker, else 0 */
 };
 
 struct fo_op {
@@ -261,6 +262,9 @@ static inline int fo_task(void *ctx, const void *param, size_t len, pmap_buf *ou
             (void)!write(1, "noise on fd 1\n", 14);
             (void)!write(2, "noise on fd 2\n", 14);
         }
+        break;
+    case FO_FDOPEN:
+        res.value = fcntl((int)op.arg, F_GETFD) >= 0;
         break;
     case FO_SLEEP_EXIT:
         fo_sleep_ms(op.arg);

@@ -997,6 +997,44 @@ static void test_worker_holds_only_its_pipes(void **state)
     tu_snap_check(&snap);
 }
 
+/* Host descriptors that lie between libpmap's own (opened after one pool
+ * and before the next) stay open in workers, which close their pool
+ * siblings' descriptors in runs: a run must never span the host's. */
+static void test_host_fds_between_pools_kept(void **state)
+{
+    enum { N = 8 };
+    struct tu_snap snap;
+    pmap_options opt;
+    pmap_pool *a, *b;
+    struct fo_plan *pl = fo_plan_new(N, FO_FDOPEN, 0);
+    struct fo_got got[N];
+    int host[2];
+    uint64_t i;
+
+    (void)state;
+    tu_snap_take(&snap);
+    fo_opts(&opt, 2, 1);
+    a = fo_pool(&opt);
+    assert_int_equal(pipe(host), 0);
+    b = fo_pool(&opt);
+    for (i = 0; i < N; i++)
+        pl->ops[i].arg = (uint32_t)host[i % 2];
+    pl->ops[3].kind = FO_ABORT; /* and in a replacement forked now */
+    assert_int_equal(fo_run(b, pl, 1, got, UINT64_MAX, NULL), PMAP_DONE);
+    for (i = 0; i < N; i++) {
+        if (i == 3)
+            continue;
+        assert_int_equal(got[i].status, PMAP_OK);
+        assert_int_equal(got[i].res.value, 1);
+    }
+    assert_int_equal(pmap_pool_destroy(a), PMAP_OK);
+    assert_int_equal(pmap_pool_destroy(b), PMAP_OK);
+    close(host[0]);
+    close(host[1]);
+    fo_plan_free(pl);
+    tu_snap_check(&snap);
+}
+
 /* Two pools, maps interleaved item by item, destroyed in either order. */
 static void test_two_pools_interleaved(void **state)
 {
@@ -1547,6 +1585,7 @@ int main(void)
         T(test_caller_death),
         T(test_pool_outlives_thread),
         T(test_worker_holds_only_its_pipes),
+        T(test_host_fds_between_pools_kept),
         T(test_two_pools_interleaved),
         T(test_pools_in_two_threads),
         T(test_inherited_pool_inert),
