@@ -8,6 +8,11 @@
  *
  * Results are batched: a frame goes out when FLUSH_BYTES wait, when the
  * oldest waiting result is FLUSH_NS old, or at the end of the input frame.
+ * A result must not wait for a slow record that follows it in its batch,
+ * and the main thread cannot know a record will be slow before it runs
+ * it: so the watchdog thread, which looks at the worker every
+ * WATCH_TICK_NS while it is busy, sends the waiting results itself when
+ * it finds one task running for a whole tick (see w_watch_flush).
  */
 #ifdef __linux__
 #define _GNU_SOURCE
@@ -30,6 +35,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#ifdef __linux__
+#include <sys/eventfd.h>
+#endif
 #include <time.h>
 #include <unistd.h>
 
@@ -54,6 +62,11 @@
 #define RSS_CHECK_NS (10u * PMAP__NS_PER_MS)
 #define WATCHDOG_NS (100L * 1000000L) /* how often the watchdog looks for the caller */
 #define WATCHDOG_STACK (64 * 1024)
+/* While the worker is busy the watchdog looks at it this often; after
+ * WATCH_IDLE_TICKS looks that find it waiting for input it sleeps until
+ * input comes (or the parent dies). */
+#define WATCH_TICK_MS 3
+#define WATCH_IDLE_TICKS 30
 
 static int worker_id_value = -1;
 
@@ -80,6 +93,12 @@ struct wctx {
     uint64_t est_ns;      /* task time of the latest timed record */
     unsigned sample_left; /* untimed records before the next timed one */
     int retire;
+    /* Shared with the watchdog thread (w_watch_flush). */
+    _Atomic uint64_t running; /* `begun` of the record whose task runs; 0: none */
+    _Atomic uint64_t claim;   /* the watchdog owns `out` while record `claim` runs */
+    _Atomic int reading;      /* the main thread is in read() on rfd */
+    _Atomic int wd_sleeping;  /* the watchdog waits for wakefd, not for ticks */
+    int wakefd;               /* main -> watchdog: input came, look again; -1: none */
 };
 
 static unsigned char empty_byte;
@@ -90,14 +109,14 @@ static _Noreturn void w_exit(int code)
     _exit(code);
 }
 
-static void w_flush(struct wctx *c)
+/* Write the results waiting in `out` as one frame. 0, or -1 when the
+ * pipe failed. */
+static int w_write_out(struct wctx *c)
 {
     struct pmap__frame f;
     struct iovec iov[2];
     unsigned char trl[PMAP__TRL_SIZE];
 
-    if (c->out_count == 0)
-        return;
     f.kind = PMAP__K_RESULTS;
     f.flags = c->out_uniform ? PMAP__F_UNIFORM : 0;
     f.count = c->out_count;
@@ -111,11 +130,47 @@ static void w_flush(struct wctx *c)
     iov[1].iov_base = trl;
     iov[1].iov_len = sizeof trl;
     if (pmap__writev_all(c->wfd, iov, 2) != 0)
-        w_exit(PMAP__EXIT_IO);
+        return -1;
     c->out.len = PMAP__HDR_SIZE;
     c->out_first += c->out_count;
     c->out_count = 0;
     c->out_task_ns = 0;
+    return 0;
+}
+
+static void w_flush(struct wctx *c)
+{
+    if (c->out_count != 0 && w_write_out(c) != 0)
+        w_exit(PMAP__EXIT_IO);
+}
+
+/* The watchdog took `out` while the task ran: wait until it is done. */
+static PMAP__RARE void w_wait_claim(struct wctx *c)
+{
+    struct timespec ts = {0, 20000};
+
+    while (atomic_load_explicit(&c->claim, memory_order_acquire) != 0)
+        nanosleep(&ts, NULL);
+}
+
+/* Run the task. While it runs, and only then, the watchdog may send the
+ * results waiting in `out` (w_watch_flush): `running` says when. Leaving,
+ * a compiler barrier is enough between the store and the load of the
+ * handshake because the watchdog issues a process-wide memory barrier
+ * (membarrier) between its own store and load: a fence here would cost
+ * every tiny record. */
+static inline int w_call(struct wctx *c, const unsigned char *param, size_t param_len)
+{
+    const struct pmap__worker_args *a = c->a;
+    int rc;
+
+    atomic_store_explicit(&c->running, c->begun, memory_order_release);
+    rc = a->fn(a->ctx, param, param_len, &c->result);
+    atomic_store_explicit(&c->running, 0, memory_order_relaxed);
+    atomic_signal_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&c->claim, memory_order_acquire) != 0)
+        w_wait_claim(c);
+    return rc;
 }
 
 /* A result that breaks the run of successes of one length: give the
@@ -252,7 +307,7 @@ static PMAP__NOINLINE int w_run(struct wctx *c, const unsigned char *param, size
     }
     atomic_store_explicit(&c->shm->started, ++c->begun, memory_order_release);
     c->result.len = 0;
-    rc = a->fn(a->ctx, param, param_len, &c->result);
+    rc = w_call(c, param, param_len);
     if (timed) {
         t1 = pmap__now_ns();
         atomic_store_explicit(&c->shm->start_ns, 0, memory_order_release);
@@ -330,7 +385,6 @@ static PMAP__NOINLINE void w_after(struct wctx *c, int rc, int timed, uint64_t t
  * general code finishes. */
 static inline int w_run_fast(struct wctx *c, const unsigned char *param, size_t param_len)
 {
-    const struct pmap__worker_args *a = c->a;
     size_t len, need;
     int rc;
 
@@ -339,7 +393,7 @@ static inline int w_run_fast(struct wctx *c, const unsigned char *param, size_t 
     c->seq++;
     atomic_store_explicit(&c->shm->started, ++c->begun, memory_order_release);
     c->result.len = 0;
-    rc = a->fn(a->ctx, param, param_len, &c->result);
+    rc = w_call(c, param, param_len);
     c->sample_left--;
     len = c->result.len;
     need = c->out.len + len;
@@ -427,27 +481,118 @@ static int parent_pidfd(pid_t pid)
 #endif
 }
 
+#if defined(__linux__) && defined(SYS_membarrier)
+#include <linux/membarrier.h>
+#endif
+
+/* A memory barrier on every running thread of this process, so that the
+ * main thread's side of the w_call handshake needs none. 0, or -1 where
+ * the kernel cannot (then the watchdog never takes `out`). */
+static int w_membarrier(void)
+{
+#if defined(__linux__) && defined(SYS_membarrier)
+    /* (The commands are enum constants: no macro to test for them.) */
+    static int registered; /* watchdog thread only */
+
+    if (registered == 0)
+        registered = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0
+                         ? 1
+                         : -1;
+    if (registered < 0)
+        return -1;
+    return syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0 ? 0 : -1;
+#else
+    return -1;
+#endif
+}
+
+/*
+ * Results wait in `out` behind a task that has run for a whole tick (the
+ * same record as at the previous look): send them now. The main thread
+ * owns `out` except while a task runs; to take it, the watchdog claims
+ * the running record, makes the claim visible (membarrier), and checks
+ * that the same task still runs. If it does, the main thread will see the
+ * claim when the task returns and wait; if not, the claim is withdrawn.
+ */
+static void w_watch_flush(struct wctx *c, uint64_t *last)
+{
+    uint64_t r = atomic_load_explicit(&c->running, memory_order_acquire);
+
+    if (r == 0 || r != *last) {
+        *last = r;
+        return;
+    }
+    atomic_store_explicit(&c->claim, r, memory_order_relaxed);
+    if (w_membarrier() == 0 && atomic_load_explicit(&c->running, memory_order_acquire) == r &&
+        c->out_count != 0 && w_write_out(c) != 0)
+        _exit(PMAP__EXIT_IO); /* not w_exit: stdio belongs to the task's thread */
+    atomic_store_explicit(&c->claim, 0, memory_order_release);
+    *last = 0; /* once per record is enough */
+}
+
+/* The watchdog sleeps until input comes: only when the main thread is
+ * still waiting for it after the watchdog said so (each side stores, then
+ * loads the other's flag, in one total order), so neither can miss the
+ * other. 1: asleep is safe. */
+static int w_watch_may_sleep(struct wctx *c)
+{
+    atomic_store(&c->wd_sleeping, 1);
+    if (atomic_load(&c->reading))
+        return 1;
+    atomic_store(&c->wd_sleeping, 0);
+    return 0;
+}
+
+/* The main thread's side, after each read(). */
+static inline void w_read_done(struct wctx *c)
+{
+    atomic_store(&c->reading, 0);
+    if (atomic_load(&c->wd_sleeping) && atomic_exchange(&c->wd_sleeping, 0)) {
+        uint64_t one = 1;
+
+        (void)!write(c->wakefd, &one, sizeof one);
+    }
+}
+
 /*
  * Ends the worker when the caller is gone, even in the middle of a long
  * task. PR_SET_PDEATHSIG would follow the forking *thread*, which may end
  * long before the pool; the parent pid does not change until the caller
- * process itself is gone. Where the kernel has pidfds the thread sleeps
- * until the parent exits: an idle pool of thousands of workers then costs
- * no wakeups at all (a look at getppid() ten times a second, in every
- * worker, cost a 2-core machine half its time with 2000 workers and made
- * creating them quadratic). Elsewhere it looks ten times a second.
+ * process itself is gone. Where the kernel has pidfds the thread waits on
+ * one for its parent, and wakes only every WATCH_TICK_MS while the worker
+ * is busy (to send results waiting behind a slow task): an idle pool of
+ * thousands of workers costs no wakeups at all (a look at getppid() ten
+ * times a second in every worker cost a 2-core machine half its time with
+ * 2000 workers, and made creating them quadratic). Elsewhere it looks ten
+ * times a second and never flushes.
  */
 static void *watchdog(void *arg)
 {
+    struct wctx *c = arg;
     struct timespec ts = {0, WATCHDOG_NS};
+    uint64_t last = 0;
+    unsigned idle = 0;
 
-    (void)arg;
     for (;;) {
-        if (watchdog_pidfd >= 0) {
-            struct pollfd pfd = {watchdog_pidfd, POLLIN, 0};
+        if (watchdog_pidfd >= 0 && c->wakefd >= 0) {
+            struct pollfd pfd[2] = {{watchdog_pidfd, POLLIN, 0}, {c->wakefd, POLLIN, 0}};
+            int asleep = idle >= WATCH_IDLE_TICKS && w_watch_may_sleep(c);
+            int n = poll(pfd, 2, asleep ? -1 : WATCH_TICK_MS);
 
-            if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
+            if (n < 0 && errno != EINTR) {
                 watchdog_pidfd = -1; /* cannot wait on it: fall back to looking */
+                continue;
+            }
+            if (n > 0 && (pfd[1].revents & POLLIN)) {
+                uint64_t junk;
+
+                (void)!read(c->wakefd, &junk, sizeof junk);
+                idle = 0;
+            }
+            if (asleep)
+                atomic_store(&c->wd_sleeping, 0);
+            idle = atomic_load(&c->reading) ? idle + 1 : 0;
+            w_watch_flush(c, &last);
         } else {
             nanosleep(&ts, NULL);
         }
@@ -455,6 +600,22 @@ static void *watchdog(void *arg)
             _exit(PMAP__EXIT_ORPHAN);
     }
     return NULL;
+}
+
+/* The watchdog's wake-up descriptor (non-blocking both ways), or -1. */
+static int w_wakefd(void)
+{
+#ifdef __linux__
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+
+    if (fd >= 0 && pmap__fdreg_add(fd) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+#else
+    return -1;
+#endif
 }
 
 static void w_signals(void)
@@ -499,6 +660,23 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
 
     worker_id_value = a->id;
     w_signals();
+    memset(&c, 0, sizeof c);
+    c.a = a;
+    c.shm = a->shm;
+    c.rfd = rfd;
+    c.wfd = wfd;
+    atomic_init(&c.running, 0);
+    atomic_init(&c.claim, 0);
+    atomic_init(&c.reading, 0);
+    atomic_init(&c.wd_sleeping, 0);
+    pmap__buf_init(&c.param, a->max_record);
+    pmap__buf_init(&c.result, a->max_record);
+    pmap__buf_init(&c.out, SIZE_MAX);
+    stage = malloc(STAGE_SIZE);
+    if (stage == NULL || pmap__buf_reserve(&c.out, OUT_INITIAL) != 0)
+        w_exit(PMAP__EXIT_IO);
+    c.out.len = PMAP__HDR_SIZE;
+    c.wakefd = w_wakefd();
     /* The thread starts with every signal blocked (the fork's mask), so
      * signals keep going to the task's thread. */
     watchdog_parent = parent;
@@ -508,25 +686,12 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
         (void)pthread_attr_setstacksize(&attr, WATCHDOG_STACK);
         /* Without the thread, EOF on the task pipe still ends an idle
          * worker; only a busy one would outlive its caller. */
-        (void)pthread_create(&th, &attr, watchdog, NULL);
+        (void)pthread_create(&th, &attr, watchdog, &c);
         (void)pthread_attr_destroy(&attr);
     }
     pthread_sigmask(SIG_SETMASK, mask, NULL);
     if (getppid() != parent)
         w_exit(PMAP__EXIT_ORPHAN);
-
-    memset(&c, 0, sizeof c);
-    c.a = a;
-    c.shm = a->shm;
-    c.rfd = rfd;
-    c.wfd = wfd;
-    pmap__buf_init(&c.param, a->max_record);
-    pmap__buf_init(&c.result, a->max_record);
-    pmap__buf_init(&c.out, SIZE_MAX);
-    stage = malloc(STAGE_SIZE);
-    if (stage == NULL || pmap__buf_reserve(&c.out, OUT_INITIAL) != 0)
-        w_exit(PMAP__EXIT_IO);
-    c.out.len = PMAP__HDR_SIZE;
 
     if (a->init != NULL && a->init(a->ctx) != 0)
         w_exit(PMAP__EXIT_INIT);
@@ -540,12 +705,15 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
         unsigned char *direct = pmap__decoder_direct(&dec, &want);
         long n;
 
+        atomic_store_explicit(&c.reading, 1, memory_order_relaxed);
         if (direct != NULL && want >= STAGE_SIZE) {
             n = pmap__read_once(rfd, direct, want > READ_MAX ? READ_MAX : (size_t)want);
+            w_read_done(&c);
             if (n > 0 && pmap__decode_direct(&dec, (size_t)n) != 0)
                 w_exit(PMAP__EXIT_PROTO);
         } else {
             n = pmap__read_once(rfd, stage, STAGE_SIZE);
+            w_read_done(&c);
             if (n > 0 && pmap__decode_with(&dec, stage, (size_t)n, w_whole) != 0)
                 w_exit(PMAP__EXIT_PROTO);
         }

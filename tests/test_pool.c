@@ -1952,6 +1952,70 @@ static void test_nested_pool(void **state)
     tu_snap_check(&snap);
 }
 
+/* A result must not wait for a slow record of its batch: with a batch of
+ * [fast, slow], the fast item reaches the caller while the slow task still
+ * runs. The slow task waits (bounded) until the caller says it has the
+ * fast item, and reports whether that happened, so nothing here depends
+ * on how fast the machine is. */
+static _Atomic int *got_fast;
+
+static int fast_slow_task(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    uint64_t v;
+    int seen = 1;
+
+    (void)ctx;
+    if (len != sizeof v)
+        return 1;
+    memcpy(&v, param, sizeof v);
+    if (v == 1) {
+        uint64_t end = now_ns() + 20ull * 1000000000u;
+
+        while (!atomic_load(got_fast) && now_ns() < end)
+            sleep_ms(1);
+        seen = atomic_load(got_fast);
+    }
+    return pmap_buf_set(out, &seen, sizeof seen);
+}
+
+static void test_fast_result_not_held_by_slow(void **state)
+{
+    struct tu_snap snap;
+    int ordered;
+
+    (void)state;
+    tu_snap_take(&snap);
+    got_fast = mmap(NULL, sizeof *got_fast, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                    -1, 0);
+    assert_true(got_fast != MAP_FAILED);
+    for (ordered = 0; ordered <= 1; ordered++) {
+        struct tu_range r = {0, 2};
+        pmap_pool *pool = make_pool(fast_slow_task, NULL, 1, 2, 0);
+        pmap_iter *it;
+        pmap_item item;
+        int seen;
+
+        atomic_store(got_fast, 0);
+        it = ordered ? pmap_imap(pool, tu_range_gen, &r) : pmap_imap_unordered(pool, tu_range_gen, &r);
+        assert_non_null(it);
+        assert_int_equal(pmap_next(it, &item), PMAP_OK);
+        assert_int_equal(item.index, 0);
+        atomic_store(got_fast, 1);
+        assert_int_equal(pmap_next(it, &item), PMAP_OK);
+        assert_int_equal(item.index, 1);
+        assert_int_equal(item.status, PMAP_OK);
+        assert_int_equal(item.len, sizeof seen);
+        memcpy(&seen, item.data, sizeof seen);
+        /* The slow task was still running when the caller got item 0. */
+        assert_int_equal(seen, 1);
+        assert_int_equal(pmap_next(it, &item), PMAP_DONE);
+        assert_int_equal(pmap_iter_free(it), PMAP_OK);
+        assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    }
+    munmap((void *)got_fast, sizeof *got_fast);
+    tu_snap_check(&snap);
+}
+
 int main(void)
 {
     const char *q = getenv("PMAP_TEST_QUICK");
@@ -1987,6 +2051,7 @@ int main(void)
         cmocka_unit_test(test_etoobig),
         cmocka_unit_test(test_alignment),
         cmocka_unit_test(test_nested_pool),
+        cmocka_unit_test(test_fast_result_not_held_by_slow),
     };
 
     quick = q != NULL && *q != '\0' && strcmp(q, "0") != 0;
