@@ -209,12 +209,19 @@ typedef int (*pmap_gen_fn)(void *gen_ctx, pmap_buf *param);
 /* Options                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/** The most workers one pool may have. */
+#define PMAP_WORKERS_MAX 16384
+
 /**
  * Pool options. Always initialise with pmap_options_init() and then set the
  * fields you need: fields may be appended in later versions.
  */
 typedef struct pmap_options {
-    /** Worker processes; 0: pmap_cpu_count(). Negative is PMAP_EINVAL. */
+    /** Worker processes; 0: pmap_cpu_count(). Negative, or more than
+     *  PMAP_WORKERS_MAX, is EINVAL at pmap_pool_create(). Each worker is a
+     *  process and holds two descriptors in the caller (mind
+     *  RLIMIT_NOFILE: EMFILE otherwise); creating n workers costs time
+     *  linear in n (about a millisecond each on a small machine). */
     int workers;
     /** Records per batch sent to a worker; 0: adaptive (batches sized by
      *  measured task time, so tiny tasks travel in large batches and slow

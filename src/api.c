@@ -71,7 +71,8 @@ pmap_pool *pmap__pool_new(const struct pmap__backend_ops *ops, pmap_task_fn fn, 
         errno = ENOMEM;
         return NULL;
     }
-    if (options_import(&p->opt, opt, opt_size) != 0 || p->opt.workers < 0) {
+    if (options_import(&p->opt, opt, opt_size) != 0 || p->opt.workers < 0 ||
+        p->opt.workers > PMAP_WORKERS_MAX) {
         free(p);
         errno = EINVAL;
         return NULL;

@@ -62,11 +62,12 @@
 #define RSS_CHECK_NS (10u * PMAP__NS_PER_MS)
 #define WATCHDOG_NS (100L * 1000000L) /* how often the watchdog looks for the caller */
 #define WATCHDOG_STACK (64 * 1024)
-/* While the worker is busy the watchdog looks at it this often; after
- * WATCH_IDLE_TICKS looks that find it waiting for input it sleeps until
- * input comes (or the parent dies). */
+/* While the worker runs a batch of several records the watchdog looks at
+ * it this often; after WATCH_IDLE_TICKS looks that find no such batch it
+ * sleeps until one comes (or the parent dies), so that workers that wait,
+ * or run batches of one slow record each, cost it no wakeups. */
 #define WATCH_TICK_MS 3
-#define WATCH_IDLE_TICKS 30
+#define WATCH_IDLE_TICKS 3
 
 static int worker_id_value = -1;
 
@@ -96,12 +97,26 @@ struct wctx {
     /* Shared with the watchdog thread (w_watch_flush). */
     _Atomic uint64_t running; /* `begun` of the record whose task runs; 0: none */
     _Atomic uint64_t claim;   /* the watchdog owns `out` while record `claim` runs */
-    _Atomic int reading;      /* the main thread is in read() on rfd */
+    _Atomic int batch;        /* a frame of several records is being run */
     _Atomic int wd_sleeping;  /* the watchdog waits for wakefd, not for ticks */
     int wakefd;               /* main -> watchdog: input came, look again; -1: none */
 };
 
 static unsigned char empty_byte;
+
+/* A frame of several records starts: results may now wait behind a slow
+ * one, so the watchdog must look. Each side stores its flag, then loads
+ * the other's, in one total order (seq_cst): the watchdog cannot fall
+ * asleep unseen, and this costs one atomic exchange per frame. */
+static void w_batch_begin(struct wctx *c)
+{
+    atomic_store(&c->batch, 1);
+    if (atomic_load(&c->wd_sleeping) && atomic_exchange(&c->wd_sleeping, 0) && c->wakefd >= 0) {
+        uint64_t one = 1;
+
+        (void)!write(c->wakefd, &one, sizeof one);
+    }
+}
 
 static _Noreturn void w_exit(int code)
 {
@@ -269,6 +284,8 @@ static int w_frame(void *ud, const struct pmap__frame *f)
 
     if (f->kind != PMAP__K_TASKS || f->seq != (uint32_t)c->seq)
         w_exit(PMAP__EXIT_PROTO);
+    if (f->count > 1)
+        w_batch_begin(c);
     return 0;
 }
 
@@ -443,6 +460,7 @@ static int w_frame_end(void *ud, const struct pmap__frame *f)
 
     (void)f;
     w_flush(c);
+    atomic_store_explicit(&c->batch, 0, memory_order_relaxed);
     if (c->retire) {
         w_send_control(c, PMAP__K_RETIRE, (uint32_t)c->out_first);
         w_exit(0);
@@ -530,28 +548,14 @@ static void w_watch_flush(struct wctx *c, uint64_t *last)
     *last = 0; /* once per record is enough */
 }
 
-/* The watchdog sleeps until input comes: only when the main thread is
- * still waiting for it after the watchdog said so (each side stores, then
- * loads the other's flag, in one total order), so neither can miss the
- * other. 1: asleep is safe. */
+/* The watchdog's side of w_batch_begin. 1: asleep is safe. */
 static int w_watch_may_sleep(struct wctx *c)
 {
     atomic_store(&c->wd_sleeping, 1);
-    if (atomic_load(&c->reading))
+    if (!atomic_load(&c->batch))
         return 1;
     atomic_store(&c->wd_sleeping, 0);
     return 0;
-}
-
-/* The main thread's side, after each read(). */
-static inline void w_read_done(struct wctx *c)
-{
-    atomic_store(&c->reading, 0);
-    if (atomic_load(&c->wd_sleeping) && atomic_exchange(&c->wd_sleeping, 0)) {
-        uint64_t one = 1;
-
-        (void)!write(c->wakefd, &one, sizeof one);
-    }
 }
 
 /*
@@ -560,7 +564,8 @@ static inline void w_read_done(struct wctx *c)
  * long before the pool; the parent pid does not change until the caller
  * process itself is gone. Where the kernel has pidfds the thread waits on
  * one for its parent, and wakes only every WATCH_TICK_MS while the worker
- * is busy (to send results waiting behind a slow task): an idle pool of
+ * runs a batch of several records (to send results waiting behind a slow
+ * task): an idle pool of
  * thousands of workers costs no wakeups at all (a look at getppid() ten
  * times a second in every worker cost a 2-core machine half its time with
  * 2000 workers, and made creating them quadratic). Elsewhere it looks ten
@@ -591,7 +596,7 @@ static void *watchdog(void *arg)
             }
             if (asleep)
                 atomic_store(&c->wd_sleeping, 0);
-            idle = atomic_load(&c->reading) ? idle + 1 : 0;
+            idle = atomic_load_explicit(&c->batch, memory_order_relaxed) ? 0 : idle + 1;
             w_watch_flush(c, &last);
         } else {
             nanosleep(&ts, NULL);
@@ -667,7 +672,7 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
     c.wfd = wfd;
     atomic_init(&c.running, 0);
     atomic_init(&c.claim, 0);
-    atomic_init(&c.reading, 0);
+    atomic_init(&c.batch, 0);
     atomic_init(&c.wd_sleeping, 0);
     pmap__buf_init(&c.param, a->max_record);
     pmap__buf_init(&c.result, a->max_record);
@@ -705,15 +710,12 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
         unsigned char *direct = pmap__decoder_direct(&dec, &want);
         long n;
 
-        atomic_store_explicit(&c.reading, 1, memory_order_relaxed);
         if (direct != NULL && want >= STAGE_SIZE) {
             n = pmap__read_once(rfd, direct, want > READ_MAX ? READ_MAX : (size_t)want);
-            w_read_done(&c);
             if (n > 0 && pmap__decode_direct(&dec, (size_t)n) != 0)
                 w_exit(PMAP__EXIT_PROTO);
         } else {
             n = pmap__read_once(rfd, stage, STAGE_SIZE);
-            w_read_done(&c);
             if (n > 0 && pmap__decode_with(&dec, stage, (size_t)n, w_whole) != 0)
                 w_exit(PMAP__EXIT_PROTO);
         }

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1424,6 +1425,10 @@ static void test_bad_arguments(void **state)
     errno = 0;
     assert_null(pmap_pool_create(cmd_task, NULL, &opt));
     assert_int_equal(errno, EINVAL);
+    opt.workers = PMAP_WORKERS_MAX + 1;
+    errno = 0;
+    assert_null(pmap_pool_create(cmd_task, NULL, &opt));
+    assert_int_equal(errno, EINVAL);
     opt.workers = -1000;
     errno = 0;
     assert_null(pmap_pool_create(cmd_task, NULL, &opt));
@@ -2016,6 +2021,70 @@ static void test_fast_result_not_held_by_slow(void **state)
     tu_snap_check(&snap);
 }
 
+/* Hundreds of workers: created, all given work, every one holding only
+ * its own two pipes (so the registry's closing in runs missed none), and
+ * all gone after destroy. */
+static int wid_fds_task(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    int v[2], fd;
+
+    (void)ctx;
+    (void)param;
+    (void)len;
+    v[0] = pmap_worker_id();
+    v[1] = 0;
+    for (fd = 3; fd < 4096; fd++) {
+        struct stat st;
+
+        if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode))
+            v[1]++;
+    }
+    return pmap_buf_set(out, v, sizeof v);
+}
+
+static void test_many_workers(void **state)
+{
+    struct tu_snap snap;
+    int n = quick ? 24 : 300, host_fifos = 0, fd, rc;
+    struct tu_range r = {0, 0};
+    unsigned char *seen;
+    pmap_pool *pool;
+    pmap_iter *it;
+    pmap_item item;
+
+    (void)state;
+    tu_snap_take(&snap);
+    for (fd = 3; fd < 4096; fd++) {
+        struct stat st;
+
+        if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode))
+            host_fifos++;
+    }
+    seen = calloc((size_t)n, 1);
+    assert_non_null(seen);
+    r.n = (uint64_t)n * 4;
+    pool = make_pool(wid_fds_task, NULL, n, 1, 0);
+    it = pmap_imap_unordered(pool, tu_range_gen, &r);
+    assert_non_null(it);
+    while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+        int v[2];
+
+        assert_int_equal(item.status, PMAP_OK);
+        assert_int_equal(item.len, sizeof v);
+        memcpy(v, item.data, sizeof v);
+        assert_true(v[0] >= 0 && v[0] < n);
+        seen[v[0]] = 1;
+        assert_int_equal(v[1], host_fifos + 2);
+    }
+    assert_int_equal(rc, PMAP_DONE);
+    assert_int_equal(pmap_iter_free(it), PMAP_OK);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    for (fd = 0; fd < n; fd++)
+        assert_int_equal(seen[fd], 1); /* every worker had work */
+    free(seen);
+    tu_snap_check(&snap);
+}
+
 int main(void)
 {
     const char *q = getenv("PMAP_TEST_QUICK");
@@ -2052,6 +2121,7 @@ int main(void)
         cmocka_unit_test(test_alignment),
         cmocka_unit_test(test_nested_pool),
         cmocka_unit_test(test_fast_result_not_held_by_slow),
+        cmocka_unit_test(test_many_workers),
     };
 
     quick = q != NULL && *q != '\0' && strcmp(q, "0") != 0;

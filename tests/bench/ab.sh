@@ -27,8 +27,10 @@ for d in "$a" "$b"; do
     done
 done
 
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT INT TERM
+# AB_LOG=file keeps every figure of every round.
+log=${AB_LOG:-$(mktemp)}
+[ -n "${AB_LOG:-}" ] || trap 'rm -f "$log"' EXIT INT TERM
+: >"$log"
 
 # One run of every workload with build $2, its figures tagged with $1.
 one() {
@@ -38,7 +40,7 @@ one() {
         BENCH_REPEAT=1 BENCH_ONLY=tiny_ordered_default "$bin/bench_tiny" 4000000 2>/dev/null
         BENCH_REPEAT=1 BENCH_CPU_MS=300 "$bin/bench_cpu" 2 2>/dev/null | grep '^cpu_1ms_pmap_w2 '
         BENCH_REPEAT=1 "$bin/bench_large" 128 2>/dev/null | grep '^large_8MiB_echo '
-        BENCH_HEAP_MIB=0 "$bin/bench_create" 30 2>/dev/null | grep '^create_destroy_w2_us '
+        BENCH_HEAP_MIB=0 BENCH_MANY=0 "$bin/bench_create" 30 2>/dev/null | grep '^create_destroy_w2_us '
     } | sed "s/^/$tag $round /" >>"$log"
 }
 
@@ -70,7 +72,7 @@ END {
     for (k in names) {
         n = 0
         for (r = 1; r <= rounds; r++) {
-            if (!((("A", r, k)) in v) || !((("B", r, k)) in v)) continue
+            if (!(("A", r, k) in v) || !(("B", r, k) in v)) continue
             n++
             av[n] = v["A", r, k]; bv[n] = v["B", r, k]
             # Times (s, us) are better when smaller: the ratio is A / B.

@@ -8,7 +8,12 @@
  *   env BENCH_HEAP_MIB: the big heap's size (default 1024; 0 skips it)
  *
  * Figures (median, microseconds): create_destroy_w2_us, create_destroy_w8_us,
- * create_destroy_w2_heap1GiB_us.
+ * create_destroy_w2_heap1GiB_us; and for many workers (env BENCH_MANY,
+ * a comma-separated list of counts, default "1000,4000"; "0" skips them)
+ * create_destroy_wN_us with its per-worker cost create_destroy_wN_per_worker_us
+ * (one round each: the cost must grow linearly with N). Many workers need
+ * 2 descriptors each in the caller: the soft RLIMIT_NOFILE is raised to
+ * the hard one for them.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -18,6 +23,8 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
 
 static int task_nop(void *ctx, const void *param, size_t len, pmap_buf *out)
 {
@@ -86,6 +93,29 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "create_destroy_w2_heap%ldMiB_us", heap_mib);
         bu_figure(name, median_us(2, rounds < 5 ? rounds : 5), "us");
         free(heap);
+    }
+    {
+        const char *many = getenv("BENCH_MANY");
+        char list[256], *tok, *save = NULL;
+        struct rlimit rl;
+
+        snprintf(list, sizeof list, "%s", many != NULL ? many : "1000,4000");
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+            rl.rlim_cur = rl.rlim_max;
+            (void)setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        for (tok = strtok_r(list, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+            int n = atoi(tok);
+            double us;
+
+            if (n <= 0)
+                continue;
+            us = median_us(n, 1);
+            snprintf(name, sizeof name, "create_destroy_w%d_us", n);
+            bu_figure(name, us, "us");
+            snprintf(name, sizeof name, "create_destroy_w%d_per_worker_us", n);
+            bu_figure(name, us / n, "us");
+        }
     }
     return 0;
 }
