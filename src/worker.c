@@ -60,7 +60,9 @@
 #define SAMPLE_BELOW_NS 4000u
 #define SAMPLE_EVERY 32u
 #define RSS_CHECK_NS (10u * PMAP__NS_PER_MS)
-#define WATCHDOG_NS (100L * 1000000L) /* how often the watchdog looks for the caller */
+/* Without a pidfd, how often the watchdog looks for the caller. */
+#define WATCHDOG_MS 100
+#define WATCHDOG_NS (WATCHDOG_MS * 1000000L)
 #define WATCHDOG_STACK (64 * 1024)
 /* While the worker runs a batch of several records the watchdog looks at
  * it this often; after WATCH_IDLE_TICKS looks that find no such batch it
@@ -579,27 +581,39 @@ static void *watchdog(void *arg)
     unsigned idle = 0;
 
     for (;;) {
-        if (watchdog_pidfd >= 0 && c->wakefd >= 0) {
-            struct pollfd pfd[2] = {{watchdog_pidfd, POLLIN, 0}, {c->wakefd, POLLIN, 0}};
-            int asleep = idle >= WATCH_IDLE_TICKS && w_watch_may_sleep(c);
-            int n = poll(pfd, 2, asleep ? -1 : WATCH_TICK_MS);
+        struct pollfd pfd[2];
+        int n = 0, asleep, k;
 
-            if (n < 0 && errno != EINTR) {
-                watchdog_pidfd = -1; /* cannot wait on it: fall back to looking */
-                continue;
-            }
-            if (n > 0 && (pfd[1].revents & POLLIN)) {
+        if (watchdog_pidfd >= 0)
+            pfd[n++] = (struct pollfd){watchdog_pidfd, POLLIN, 0};
+        if (c->wakefd >= 0)
+            pfd[n++] = (struct pollfd){c->wakefd, POLLIN, 0};
+        /* Asleep, only the parent's exit (or, without a pidfd, the next
+         * look at getppid()) and the next batch wake it. */
+        asleep = c->wakefd >= 0 && idle >= WATCH_IDLE_TICKS && w_watch_may_sleep(c);
+        if (n == 0) {
+            nanosleep(&ts, NULL);
+        } else if (poll(pfd, (nfds_t)n, asleep ? (watchdog_pidfd >= 0 ? -1 : WATCHDOG_MS)
+                                                : WATCH_TICK_MS) < 0 &&
+                   errno != EINTR) {
+            /* Cannot wait on them: look ten times a second, flush never. */
+            watchdog_pidfd = -1;
+            c->wakefd = -1;
+            continue;
+        }
+        for (k = 0; k < n; k++) {
+            if (pfd[k].fd == c->wakefd && (pfd[k].revents & POLLIN)) {
                 uint64_t junk;
 
                 (void)!read(c->wakefd, &junk, sizeof junk);
                 idle = 0;
             }
-            if (asleep)
-                atomic_store(&c->wd_sleeping, 0);
+        }
+        if (asleep)
+            atomic_store(&c->wd_sleeping, 0);
+        if (c->wakefd >= 0) {
             idle = atomic_load_explicit(&c->batch, memory_order_relaxed) ? 0 : idle + 1;
             w_watch_flush(c, &last);
-        } else {
-            nanosleep(&ts, NULL);
         }
         if (getppid() != watchdog_parent)
             _exit(PMAP__EXIT_ORPHAN);
