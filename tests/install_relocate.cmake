@@ -1,9 +1,20 @@
-# ctest -P script: the installed package is relocatable. Installs the built
-# tree with `cmake --install --prefix` (the prefix chosen at install time, not
-# at configure time), moves the installed tree elsewhere, then checks that
-# pkg-config and find_package(pmap) both point into the moved tree.
+# ctest -P script: the installed package follows the prefix given at install
+# time. Installs a built tree with `cmake --install --prefix` (not configured
+# with a prefix), then checks where pkg-config and find_package(pmap) point.
+#
+# With a relative CMAKE_INSTALL_LIBDIR the installed tree is moved elsewhere
+# first, and both must point into the moved tree. With an absolute one the
+# libraries and pkg-config files land in that directory whatever the prefix:
+# pkg-config must give the install-time prefix for the headers and that
+# directory for the libraries (the CMake package is not checked there: CMake
+# writes the configure-time prefix into an export installed to an absolute
+# directory, as the README says).
+#
 # Usage: cmake -DBUILD_DIR=b -DWORK=dir [-DCONFIG=c] [-DPKG_CONFIG=pkg-config]
 #              [-DPROGRESS=ON] -DGENERATOR=g -DC_COMPILER=cc -P install_relocate.cmake
+# or, to configure and build a scratch tree with another libdir first:
+#        cmake -DSOURCE_DIR=libpmap -DLIBDIR=lib/x86_64-linux-gnu -DWORK=dir ...
+#        (an absolute LIBDIR should lie inside WORK, which is emptied first)
 
 cmake_minimum_required(VERSION 3.16)
 
@@ -16,26 +27,46 @@ function(run)
   set(out "${out}" PARENT_SCOPE)
 endfunction()
 
-# Fails unless path exists and lies inside the moved tree.
-function(check_inside what path)
+# Fails unless path exists and lies inside root.
+function(check_inside root what path)
   get_filename_component(real "${path}" REALPATH)
-  string(FIND "${real}/" "${moved_real}/" at)
+  get_filename_component(root_real "${root}" REALPATH)
+  string(FIND "${real}/" "${root_real}/" at)
   if(NOT at EQUAL 0 OR NOT EXISTS "${real}")
-    message(FATAL_ERROR "${what} '${path}' is not inside the installed tree ${moved_real}")
+    message(FATAL_ERROR "${what} '${path}' is not inside ${root_real}")
   endif()
 endfunction()
 
-set(staged "${WORK}/staged")
-set(moved "${WORK}/moved")
 file(REMOVE_RECURSE "${WORK}")
 file(MAKE_DIRECTORY "${WORK}")
 set(config_args "")
 if(CONFIG)
   set(config_args --config "${CONFIG}")
 endif()
+
+if(LIBDIR)
+  # Only the libraries: what the install rules need, built quickly, in a
+  # configuration of its own (the caller's CONFIG is that of its own build).
+  set(BUILD_DIR "${WORK}/build")
+  set(config_args --config Debug)
+  run("${CMAKE_COMMAND}" -S "${SOURCE_DIR}" -B "${BUILD_DIR}" -G "${GENERATOR}"
+      "-DCMAKE_C_COMPILER=${C_COMPILER}" -DCMAKE_BUILD_TYPE=Debug
+      "-DCMAKE_INSTALL_LIBDIR=${LIBDIR}" "-DPMAP_PROGRESS=${PROGRESS}"
+      -DPMAP_BUILD_TESTS=OFF -DPMAP_BUILD_EXAMPLES=OFF -DPMAP_BUILD_BENCH=OFF)
+  run("${CMAKE_COMMAND}" --build "${BUILD_DIR}" ${config_args})
+endif()
+
+set(staged "${WORK}/staged")
 run("${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${staged}" ${config_args})
-file(RENAME "${staged}" "${moved}")
-get_filename_component(moved_real "${moved}" REALPATH)
+# tree: where the headers must be; libtree: where the libraries must be.
+if(IS_ABSOLUTE "${LIBDIR}")
+  set(tree "${staged}")
+  set(libtree "${LIBDIR}")
+else()
+  set(tree "${WORK}/moved")
+  file(RENAME "${staged}" "${tree}")
+  set(libtree "${tree}/${LIBDIR}")
+endif()
 
 set(modules pmap)
 set(headers pmap.h)
@@ -46,10 +77,10 @@ endif()
 
 # ---- pkg-config ----
 if(PKG_CONFIG)
-  file(GLOB_RECURSE pcs "${moved}/*/pmap.pc")
+  file(GLOB_RECURSE pcs "${libtree}/*/pmap.pc")
   list(LENGTH pcs n)
   if(NOT n EQUAL 1)
-    message(FATAL_ERROR "expected one installed pmap.pc, found: ${pcs}")
+    message(FATAL_ERROR "expected one installed pmap.pc under ${libtree}, found: ${pcs}")
   endif()
   get_filename_component(pcdir "${pcs}" DIRECTORY)
   # Only the installed files, whatever else the machine has installed.
@@ -74,14 +105,14 @@ if(PKG_CONFIG)
     message(FATAL_ERROR "pkg-config gave no -I or no -L: ${out}")
   endif()
   foreach(d IN LISTS incs)
-    check_inside("pkg-config -I" "${d}")
+    check_inside("${tree}" "pkg-config -I" "${d}")
   endforeach()
   foreach(d IN LISTS libdirs)
-    check_inside("pkg-config -L" "${d}")
+    check_inside("${libtree}" "pkg-config -L" "${d}")
   endforeach()
   foreach(h IN LISTS headers)
     list(GET incs 0 d)
-    check_inside("header ${h}" "${d}/${h}")
+    check_inside("${tree}" "header ${h}" "${d}/${h}")
   endforeach()
   foreach(m IN LISTS modules)
     if(NOT m IN_LIST libs)
@@ -96,6 +127,10 @@ if(PKG_CONFIG)
   message(STATUS "pkg-config ${modules}: ${out}")
 else()
   message(STATUS "pkg-config not found: only the CMake package is checked")
+endif()
+
+if(IS_ABSOLUTE "${LIBDIR}")
+  return()
 endif()
 
 # ---- find_package(pmap) from the moved tree ----
@@ -118,7 +153,7 @@ foreach(t ${targets})
 endforeach()
 ")
 run("${CMAKE_COMMAND}" -S "${consumer}" -B "${consumer}/build" -G "${GENERATOR}"
-    "-DCMAKE_C_COMPILER=${C_COMPILER}" "-DCMAKE_PREFIX_PATH=${moved}"
+    "-DCMAKE_C_COMPILER=${C_COMPILER}" "-DCMAKE_PREFIX_PATH=${tree}"
     -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF)
 string(REGEX MATCHALL "pmap-check [^\n]*" checks "${out}")
 list(LENGTH checks n)
@@ -130,6 +165,6 @@ foreach(c IN LISTS checks)
   string(REGEX REPLACE "^pmap-check ([^ ]+) (.*)$" "\\1;\\2" c "${c}")
   list(GET c 0 t)
   list(GET c 1 p)
-  check_inside("find_package(pmap): ${t}" "${p}")
+  check_inside("${tree}" "find_package(pmap): ${t}" "${p}")
 endforeach()
 message(STATUS "find_package(pmap): ${nt} targets, all inside the moved tree")
