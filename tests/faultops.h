@@ -23,6 +23,12 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Task timeout for tests that mix timeouts with crashes and expect each
+ * status exactly: it must stay far above what a crash or a short task can
+ * take on a loaded machine or under valgrind (an abort there costs a stack
+ * dump), while the stuck task sleeps far longer still. */
+#define FAULT_LIMIT_MS 1000u
+
 enum fo_kind {
     FO_ECHO,         /* result value = index * 3 + 7 */
     FO_SLEEP,        /* sleep arg ms, then echo */

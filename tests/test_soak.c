@@ -65,7 +65,7 @@ static void one_cycle(struct cycle_stats *st, struct fo_plan *pl, struct fo_got 
     fo_opts(&opt, 1 + (int)pick(3), chunks[pick(4)]);
     opt.window = windows[pick(3)];
     opt.max_tasks_per_worker = maxtasks[pick(4)];
-    opt.task_timeout_ms = with_timeout ? 150 : pick(2) ? 5000 : 0;
+    opt.task_timeout_ms = with_timeout ? FAULT_LIMIT_MS : pick(2) ? 5000 : 0;
     pool = pmap_pool_create(fo_task, NULL, &opt);
     assert_non_null(pool);
 
