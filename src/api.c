@@ -1,12 +1,11 @@
 /*
  * The public pool object: options that grow without breaking binaries
- * (DESIGN §7), the choice of backend, the resolved window, and the rule
- * that a pool inherited through the host's fork() is inert.
+ * (DESIGN §7), the choice of backend, and the rule
+ * that a pool inherited by a child of the host is inert.
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include "api.h"
-#include "iter.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -95,8 +94,6 @@ pmap_pool *pmap__pool_new(const struct pmap__backend_ops *ops, pmap_task_fn fn, 
         return NULL;
     }
     p->nworkers = ops->nworkers(p->be);
-    p->window_auto = p->opt.window == 0;
-    p->window = p->window_auto ? pmap__iter_auto_window(p->nworkers, p->opt.chunk) : p->opt.window;
     return p;
 }
 
@@ -118,7 +115,7 @@ int pmap_pool_destroy(pmap_pool *pool)
     if (pool == NULL)
         return PMAP_OK;
     if (!pmap__is_owner(&pool->owner)) {
-        /* Inherited through the host's fork(): the workers belong to the
+        /* Inherited by a child of the host: the workers belong to the
          * parent. Release this process's copies only. */
         pool->ops->release(pool->be);
         free(pool);

@@ -1,6 +1,6 @@
 /*
  * The public pool object (api.c): backend-neutral. It holds the caller's
- * options, the resolved window, the open-iterator slot and the backend
+ * options, the open-iterator slot and the backend
  * (ops + state) that runs the tasks. Choosing a backend is the one
  * argument of pmap__pool_new.
  */
@@ -21,22 +21,20 @@ struct pmap_pool {
     pmap_options opt; /* the caller's options, in this library's layout */
     size_t max_record;
     int nworkers;     /* the backend's places */
-    unsigned window;  /* resolved, >= 1 */
-    int window_auto;  /* the window was chosen by the library */
     struct pmap__owner owner;
     struct pmap_iter *iter; /* the open iterator, NULL if none */
 };
 
 /*
  * A pool on `ops`: copies the caller's options (`opt_size` bytes of them,
- * DESIGN §7; opt NULL: defaults), creates the backend with `arg`, and
- * resolves the window. NULL + errno on failure.
+ * DESIGN §7; opt NULL: defaults) and creates the backend with `arg`.
+ * NULL + errno on failure. The window is resolved per map by the iterator.
  */
 pmap_pool *pmap__pool_new(const struct pmap__backend_ops *ops, pmap_task_fn fn, void *ctx,
                           const pmap_options *opt, size_t opt_size, void *arg);
 
 /* 0 when the pool can run a map in this process; PMAP_EINVAL when it is
- * NULL or was inherited through the host's fork(). */
+ * NULL or was inherited by a child of the host. */
 int pmap__pool_usable(const pmap_pool *pool);
 
 #endif /* PMAP_API_H */

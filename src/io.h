@@ -58,11 +58,18 @@ struct pmap__owner {
     unsigned fork_gen; /* pmap__fork_gen() then; 0 (never a generation): ask getpid() */
 };
 void pmap__owner_init(struct pmap__owner *o);
+/* The hot path's half of pmap__is_owner: a load, no system call. False
+ * also when it cannot tell (fork_gen 0 never matches: the value is never
+ * 0); the caller then takes its general path, which asks pmap__is_owner. */
+static inline int pmap__owner_surely(const struct pmap__owner *o)
+{
+    return o->fork_gen == pmap__fork_gen_value;
+}
 /* True in the process that made it. No system call while no fork has
  * happened since. */
 static inline int pmap__is_owner(const struct pmap__owner *o)
 {
-    if (o->fork_gen != 0 && o->fork_gen == pmap__fork_gen_value)
+    if (pmap__owner_surely(o))
         return 1;
     return o->pid == getpid();
 }

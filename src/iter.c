@@ -54,10 +54,10 @@
  * A per-slot allowance alone let a map of 1 MiB records keep 2 MiB in
  * every slot it ever used, i.e. up to 32 GiB with the automatic window. */
 #define KEEP_TOTAL ((size_t)32 << 20)
-/* Delivering buffered results, look at the pipes every this many items, or
+/* Delivering buffered results, pump the backend every this many items, or
  * every quarter batch when batches are larger, so workers are fed while the
  * consumer drains: each holds DEPTH batches, so a quarter batch refills it
- * long before it runs dry, where a poll per 64 tiny records was a tenth of
+ * long before it runs dry, where a pump per 64 tiny records was a tenth of
  * the caller's time. */
 #define PUMP_EVERY 64u
 
@@ -610,7 +610,12 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
         errno = ENOMEM;
         return NULL;
     }
-    it->recs = slots_alloc(pool->window);
+    /* The window is the iterator's policy (it depends on DEPTH); the pool
+     * only keeps what the caller asked for. */
+    it->window_auto = pool->opt.window == 0;
+    it->window = it->window_auto ? pmap__iter_auto_window(pool->nworkers, pool->opt.chunk)
+                                 : pool->opt.window;
+    it->recs = slots_alloc(it->window);
     if (it->recs == NULL) {
         free(it);
         errno = ENOMEM;
@@ -620,13 +625,11 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->ops = pool->ops;
     it->be = pool->be;
     it->chunk = pool->opt.chunk;
-    it->window_auto = pool->window_auto;
     it->max_record = pool->max_record;
     pmap__owner_init(&it->owner);
     it->gen = gen;
     it->gen_ctx = gen_ctx;
     it->ordered = ordered;
-    it->window = pool->window;
     it->retry.head = it->retry.tail = NONE;
     it->done.head = it->done.tail = NONE;
     it->free_head = NONE;
@@ -718,7 +721,7 @@ int pmap_next(pmap_iter *it, pmap_item *item)
      * All tests come before any store: a miss leaves everything to the
      * general way. */
     r = it->held;
-    if (it->owner.fork_gen == pmap__fork_gen_value && r != NULL && r->state == R_DONE &&
+    if (pmap__owner_surely(&it->owner) && r != NULL && r->state == R_DONE &&
         r->result.cap <= it->keep && it->since_pump + 1u < it->pump_every) {
         struct pmap__rec *nx;
 

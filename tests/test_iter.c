@@ -10,6 +10,7 @@
 #include "api.h"
 #include "backend.h"
 #include "buf.h"
+#include "iter.h"
 
 #include <errno.h>
 #include <setjmp.h>
@@ -578,31 +579,11 @@ static void test_room_honoured(void **state)
 /* The automatic window covers every place's queue of whole batches. */
 static void test_auto_window(void **state)
 {
-    struct fake_script s = {0};
-    struct task_ctx tc = {0};
-    pmap_pool *pool;
-
     (void)state;
-    s.places = 2;
-    pool = fake_pool(&s, &tc, 0, 0);
-    assert_int_equal(pool->window, 2u * 4u * 2048u);
-    assert_int_equal(pool->nworkers, 2);
-    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
-    memset(&s, 0, sizeof s);
-    s.places = 8;
-    pool = fake_pool(&s, &tc, 0, 0);
-    assert_int_equal(pool->window, 65536u);
-    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
-    memset(&s, 0, sizeof s);
-    s.places = 1;
-    pool = fake_pool(&s, &tc, 0, 5000);
-    assert_int_equal(pool->window, 4u * 5000u);
-    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
-    memset(&s, 0, sizeof s);
-    s.places = 1;
-    pool = fake_pool(&s, &tc, 77, 0);
-    assert_int_equal(pool->window, 77u);
-    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    assert_int_equal(pmap__iter_auto_window(2, 0), 2u * 4u * 2048u);
+    assert_int_equal(pmap__iter_auto_window(8, 0), 65536u);
+    assert_int_equal(pmap__iter_auto_window(1, 5000), 4u * 5000u);
+    assert_int_equal(pmap__iter_auto_window(0, 1), 4u * 2048u);
 }
 
 /* One open iterator per pool; destroy refuses while one is open. */

@@ -20,6 +20,7 @@
  * layout of pmap_buf (to see that a failed set leaves it empty). */
 #include "api.h"
 #include "buf.h"
+#include "iter.h"
 #include "testutil.h"
 
 #include <errno.h>
@@ -998,7 +999,6 @@ static void test_five_million(void **state)
     memset(&g, 0, sizeof g);
     g.n = n;
     pool = make_pool(tiny_task, NULL, 2, 0, 0);
-    assert_true(pool->window >= 1);
     have_hwm = reset_peak_rss() == 0;
     it = pmap_imap(pool, lead_gen, &g);
     assert_non_null(it);
@@ -1022,14 +1022,15 @@ static void test_five_million(void **state)
     assert_int_equal(g.consumed, n);
     hwm_end = tu_peak_rss_kib();
     assert_int_equal(pmap_iter_free(it), PMAP_OK);
-    print_message("%llu records in %.2f s; window %u, max lead %llu; peak RSS %ld KiB at %llu, "
+    print_message("%llu records in %.2f s; max lead %llu; peak RSS %ld KiB at %llu, "
                   "%ld KiB at the end%s; RSS %ld KiB at %llu, at most %ld KiB after\n",
-                  (unsigned long long)n, elapsed_s(t0), pool->window, (unsigned long long)g.max_lead,
+                  (unsigned long long)n, elapsed_s(t0), (unsigned long long)g.max_lead,
                   hwm_mark, (unsigned long long)mark, hwm_end,
                   have_hwm ? "" : " (VmHWM not resettable: includes earlier tests)", rss_mark,
                   (unsigned long long)mark, rss_max);
-    /* The generator never ran more than the window ahead of the consumer. */
-    assert_true(g.max_lead <= pool->window);
+    /* The generator never ran more than the automatic window ahead of the
+     * consumer. */
+    assert_true(g.max_lead <= pmap__iter_auto_window(2, 0));
     assert_true(g.max_lead >= 2);
     /* Memory is flat: going from a tenth of the input to all of it costs
      * (almost) nothing. */
