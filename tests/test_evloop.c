@@ -81,7 +81,7 @@ static double cpu_self_s(void)
 /* ------------------------------------------------------------------------ */
 
 /* Parameter records: an opcode and a value. */
-enum op { OP_MIXED, OP_WAIT, OP_SLEEP, OP_COUNT_ANON };
+enum op { OP_MIXED, OP_WAIT, OP_SLEEP, OP_COUNT_ANON, OP_ECHO };
 
 struct param {
     uint32_t op;
@@ -156,9 +156,13 @@ static int task(void *ctx, const void *param, size_t len, pmap_buf *out)
     char byte = 's';
     int cnt;
 
-    if (len != sizeof p)
+    if (len < sizeof p)
         return 99;
     memcpy(&p, param, sizeof p);
+    if (p.op == OP_ECHO)
+        return pmap_buf_set(out, param, len);
+    if (len != sizeof p)
+        return 99;
     switch (p.op) {
     case OP_MIXED:
         switch (fate_of(c, p.i)) {
@@ -231,6 +235,21 @@ static int gen(void *ctx, pmap_buf *buf)
     p.op = g->ops ? g->ops[g->next] : g->op;
     p.arg = g->arg;
     p.i = g->next++;
+    if (p.op == OP_ECHO) {
+        /* p, then `arg` bytes derived from the index. */
+        unsigned char *b = pmap_buf_reserve(buf, sizeof p + p.arg);
+        size_t k;
+
+        if (b == NULL)
+            return -1;
+        memcpy(b, &p, sizeof p);
+        for (k = 0; k < p.arg; k += 8) {
+            uint64_t v = mix64(p.i * 1000003u + k);
+
+            memcpy(b + sizeof p + k, &v, p.arg - k < 8 ? p.arg - k : 8);
+        }
+        return 1;
+    }
     return pmap_buf_set(buf, &p, sizeof p) == PMAP_OK ? 1 : -1;
 }
 
@@ -892,6 +911,47 @@ static void test_window_bound(void **state)
     tu_snap_check(&snap);
 }
 
+/* Records of megabytes both ways: writes to the workers block (the
+ * descriptor must wake the loop when a pipe has room again) and results
+ * arrive in many reads. */
+static void test_large_records(void **state)
+{
+    struct tu_snap snap;
+    struct task_ctx c;
+    struct gen g;
+    struct got ref = {0}, got = {0};
+    pmap_pool *pool;
+    pmap_iter *it;
+    uint32_t size = quick ? (1u << 20) : (4u << 20);
+    int ordered;
+
+    (void)state;
+    tu_snap_take(&snap);
+    ctx_init(&c);
+    pool = pool_new(&c, 2, 0, 0, 0);
+    for (ordered = 0; ordered < 2; ordered++) {
+        gen_init(&g, 24, OP_ECHO, size);
+        it = ordered ? pmap_imap(pool, gen, &g) : pmap_imap_unordered(pool, gen, &g);
+        assert_non_null(it);
+        drive_block(it, &ref);
+        assert_int_equal(pmap_iter_free(it), PMAP_OK);
+        gen_init(&g, 24, OP_ECHO, size);
+        it = ordered ? pmap_imap(pool, gen, &g) : pmap_imap_unordered(pool, gen, &g);
+        assert_non_null(it);
+        drive_loop(it, &got, M_POLL);
+        assert_int_equal(pmap_iter_free(it), PMAP_OK);
+        assert_int_equal(got.rc, PMAP_DONE);
+        assert_int_equal(got.n, 24);
+        got_equal(&ref, &got, !ordered);
+        assert_int_equal(got.v[3].len, sizeof(struct param) + size);
+        got_free(&ref);
+        got_free(&got);
+    }
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    ctx_close(&c);
+    tu_snap_check(&snap);
+}
+
 int main(void)
 {
     const char *q = getenv("PMAP_TEST_QUICK");
@@ -902,6 +962,7 @@ int main(void)
         cmocka_unit_test(test_no_cpu_while_waiting), cmocka_unit_test(test_timeout_honoured),
         cmocka_unit_test(test_descriptor_lifetime),  cmocka_unit_test(test_misuse),
         cmocka_unit_test(test_window_bound),
+        cmocka_unit_test(test_large_records),
     };
 
     quick = q != NULL && *q != '\0' && strcmp(q, "0") != 0;

@@ -211,8 +211,8 @@ static void fake_begin(void *be)
 }
 
 static const struct pmap__backend_ops fake_ops = {
-    fake_create, fake_destroy,  fake_destroy, fake_nworkers, fake_room,
-    fake_inflight, fake_submit, fake_pump,    fake_cancel,   fake_begin, NULL, NULL,
+    fake_create, fake_destroy, fake_destroy, fake_nworkers, fake_room, fake_inflight,
+    fake_submit, fake_pump,    fake_cancel,  fake_begin,    NULL,      NULL,
 };
 
 /* ------------------------------------------------------------------------ */
