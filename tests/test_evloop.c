@@ -956,14 +956,21 @@ int main(void)
 {
     const char *q = getenv("PMAP_TEST_QUICK");
     struct rlimit nocore = {0, 0};
+    /* clang-format off */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_same_items_ordered),   cmocka_unit_test(test_same_items_unordered),
-        cmocka_unit_test(test_same_items_gen_error), cmocka_unit_test(test_try_next_never_waits),
-        cmocka_unit_test(test_no_cpu_while_waiting), cmocka_unit_test(test_timeout_honoured),
-        cmocka_unit_test(test_descriptor_lifetime),  cmocka_unit_test(test_misuse),
+        /* The 100 000-record maps first, while the process is small. */
+        cmocka_unit_test(test_same_items_ordered),
+        cmocka_unit_test(test_same_items_unordered),
+        cmocka_unit_test(test_same_items_gen_error),
+        cmocka_unit_test(test_try_next_never_waits),
+        cmocka_unit_test(test_no_cpu_while_waiting),
+        cmocka_unit_test(test_timeout_honoured),
+        cmocka_unit_test(test_descriptor_lifetime),
+        cmocka_unit_test(test_misuse),
         cmocka_unit_test(test_window_bound),
         cmocka_unit_test(test_large_records),
     };
+    /* clang-format on */
 
     quick = q != NULL && *q != '\0' && strcmp(q, "0") != 0;
     if (getenv("PMAP_TEST_FILTER") != NULL)
