@@ -542,8 +542,8 @@ static void test_same_items_unordered(void **state)
 static void test_same_items_gen_error(void **state)
 {
     (void)state;
-    same_items(1, big_n(), big_n() * 3 / 5);
-    same_items(0, big_n(), big_n() * 3 / 5);
+    same_items(1, big_n(), big_n() * 3 / 10);
+    same_items(0, big_n(), big_n() * 3 / 10);
 }
 
 /* Read one byte from fd within a loop that keeps the map going; the map
