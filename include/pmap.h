@@ -124,8 +124,9 @@ enum {
     PMAP_ETOOBIG = -8,   /**< a record exceeded max_record_bytes */
     PMAP_EPROTO = -9,    /**< a worker broke the wire protocol */
     PMAP_EBUSY = -10,    /**< the pool already has an open iterator */
-    PMAP_EWORKER = -11   /**< workers cannot be started: worker_init keeps failing, or
+    PMAP_EWORKER = -11,  /**< workers cannot be started: worker_init keeps failing, or
                           *   fork does */
+    PMAP_EAGAIN = -13    /**< pmap_try_next: nothing ready now (not an error of the map) */
 };
 
 /**
@@ -384,6 +385,71 @@ PMAP_API int pmap_next(pmap_iter *it, pmap_item *item);
  * and stops nothing.
  */
 PMAP_API int pmap_iter_free(pmap_iter *it);
+
+/* ------------------------------------------------------------------------ */
+/* Inside an event loop                                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A program built on an event loop (libuv, libevent, GLib, its own epoll
+ * loop) drives a map without ever blocking in it:
+ *
+ *     int fd = pmap_iter_fd(it);          // watch it for input
+ *     for (;;) {
+ *         struct pollfd p = {fd, POLLIN, 0};
+ *         poll(&p, 1, pmap_iter_timeout(it));
+ *         while ((rc = pmap_try_next(it, &item)) == PMAP_OK)
+ *             use(&item);
+ *         if (rc != PMAP_EAGAIN)
+ *             break;                      // PMAP_DONE or the map's failure
+ *     }
+ *
+ * The loop gets the same items as the pmap_next() loop and uses no CPU
+ * while the tasks run. pmap_next() and pmap_try_next() may be mixed on one
+ * iterator.
+ */
+
+/**
+ * Do what pmap_next() does (generate, send, read, reap and replace
+ * workers, enforce time limits) without waiting for anything.
+ *
+ * Returns PMAP_OK with *item filled, PMAP_DONE, or the map's fatal status
+ * exactly as pmap_next() would; PMAP_EAGAIN when no item is ready now.
+ * Every call, whatever it returns, ends the validity of the item.data of
+ * the previous pmap_next() or pmap_try_next(). PMAP_EINVAL for NULL
+ * arguments and in a process that inherited the iterator; PMAP_EBUSY
+ * (nothing done) when called from the iterator's own generator. Runs the
+ * generator like pmap_next(); it never sleeps, though starting a
+ * replacement worker costs a fork(). Caller process only.
+ */
+PMAP_API int pmap_try_next(pmap_iter *it, pmap_item *item);
+
+/**
+ * A descriptor that polls readable whenever pmap_try_next() may make
+ * progress (an item is ready, also one read ahead by an earlier call; the
+ * map has ended; records can be generated or sent, as before the first
+ * call) and stays quiet while the tasks run. Level-triggered: it stays
+ * readable until pmap_try_next() returns PMAP_EAGAIN. Watch it for input
+ * with poll(), select(), epoll or libuv's uv_poll_t; never read, write or
+ * close it. The same descriptor on every call; it belongs to the iterator
+ * and is closed by pmap_iter_free().
+ *
+ * Returns the descriptor, or -1 with errno set: EINVAL (NULL, or an
+ * iterator inherited through fork()), ENOSYS where the system has no epoll
+ * (not Linux), EMFILE, ENOMEM. Caller process only.
+ */
+PMAP_API int pmap_iter_fd(pmap_iter *it);
+
+/**
+ * Milliseconds until pmap_try_next() must be called even if the
+ * descriptor stays quiet (a time limit to enforce, a killed worker to
+ * reap, a worker to restart); 0 when it may make progress now; -1 when
+ * there is no such deadline (wait for the descriptor alone). Use it as the
+ * event loop's timeout; the value holds until the next pmap_try_next() or
+ * pmap_next(). -1 with errno EINVAL for NULL or an inherited iterator.
+ * Caller process only.
+ */
+PMAP_API int pmap_iter_timeout(pmap_iter *it);
 
 /* ------------------------------------------------------------------------ */
 /* Utilities                                                                */

@@ -103,6 +103,17 @@ struct pmap__backend_ops {
     void (*cancel)(void *be);
     /* A map starts: failures counted for earlier maps are forgotten. */
     void (*begin)(void *be);
+    /* Event-loop support (DESIGN §10); either may be NULL: not offered.
+     * fd: a descriptor of the backend's (it closes it at destroy) that
+     * polls readable, level-triggered, whenever pump(0) would have
+     * something to read, a blocked write that can go on, or a worker's
+     * end to notice; -1 + errno when it has none (the iterator then polls
+     * on a short interval). The first call may create it. */
+    int (*fd)(void *be);
+    /* Milliseconds until pump() must run even if fd stays quiet (time
+     * limits, grace periods, exits to reap, workers to start), as the last
+     * pump() left them: 0 when due, -1 when there is none. */
+    int (*timeout)(void *be);
 };
 
 /* The process backend (pool.c): forked workers behind pipes. */

@@ -18,7 +18,8 @@
     X(PMAP_ETOOBIG, "a record exceeded max_record_bytes")                                          \
     X(PMAP_EPROTO, "a worker broke the wire protocol")                                             \
     X(PMAP_EBUSY, "the pool already has an open iterator")                                         \
-    X(PMAP_EWORKER, "workers cannot be started")
+    X(PMAP_EWORKER, "workers cannot be started")                                                   \
+    X(PMAP_EAGAIN, "nothing ready yet")
 
 const char *pmap_strerror(int status)
 {

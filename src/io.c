@@ -19,6 +19,10 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#endif
 #include <unistd.h>
 
 /* ------------------------------------------------------------------------ */
@@ -245,6 +249,123 @@ void pmap__close(int *fd)
         pmap__fdreg_unlock();
         *fd = -1;
     }
+    errno = saved;
+}
+
+#ifdef __linux__
+/* A descriptor just made (or -1 with errno) becomes libpmap's own: lifted
+ * to 3 or above and registered. Runs with the registry lock held from
+ * before the descriptor existed, so that no worker forked by another
+ * thread meanwhile inherits it unregistered. */
+static int adopt_locked(int fd, int *out)
+{
+    if (fd >= 0)
+        fd = lift_fd(fd);
+    if (fd < 0)
+        return PMAP_ESYS;
+    if (reg_add_locked(fd) != 0) {
+        close(fd);
+        errno = ENOMEM;
+        return PMAP_ENOMEM;
+    }
+    *out = fd;
+    return 0;
+}
+#endif
+
+int pmap__epoll_open(int *fd)
+{
+#ifdef __linux__
+    int rc;
+
+    pmap__fdreg_lock();
+    rc = adopt_locked(epoll_create1(EPOLL_CLOEXEC), fd);
+    pmap__fdreg_unlock();
+    return rc;
+#else
+    (void)fd;
+    errno = ENOSYS;
+    return PMAP_ESYS;
+#endif
+}
+
+int pmap__eventfd_open(int *fd, unsigned initval)
+{
+#ifdef __linux__
+    int rc;
+
+    pmap__fdreg_lock();
+    rc = adopt_locked(eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK), fd);
+    pmap__fdreg_unlock();
+    return rc;
+#else
+    (void)fd;
+    (void)initval;
+    errno = ENOSYS;
+    return PMAP_ESYS;
+#endif
+}
+
+int pmap__epoll_add(int ep, int fd, int writable)
+{
+#ifdef __linux__
+    struct epoll_event ev;
+
+    memset(&ev, 0, sizeof ev);
+    ev.events = writable ? EPOLLOUT : EPOLLIN;
+    ev.data.fd = fd;
+    return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : PMAP_ESYS;
+#else
+    (void)ep;
+    (void)fd;
+    (void)writable;
+    errno = ENOSYS;
+    return PMAP_ESYS;
+#endif
+}
+
+void pmap__epoll_del(int ep, int fd)
+{
+#ifdef __linux__
+    struct epoll_event ev; /* kernels before 2.6.9 want one even here */
+    int saved = errno;
+
+    memset(&ev, 0, sizeof ev);
+    /* Fails only for a descriptor that is not in the set: nothing to do. */
+    (void)epoll_ctl(ep, EPOLL_CTL_DEL, fd, &ev);
+    errno = saved;
+#else
+    (void)ep;
+    (void)fd;
+#endif
+}
+
+int pmap__eventfd_signal(int fd)
+{
+    uint64_t one = 1;
+
+    for (;;) {
+        ssize_t n = write(fd, &one, sizeof one);
+
+        if (n == (ssize_t)sizeof one)
+            return 0;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n >= 0)
+            errno = EIO;
+        return PMAP_ESYS;
+    }
+}
+
+void pmap__eventfd_drain(int fd)
+{
+    uint64_t v;
+    int saved = errno;
+
+    /* Non-blocking: EAGAIN means it was empty already, and any other
+     * failure leaves it readable, which costs a spurious wakeup only. */
+    while (read(fd, &v, sizeof v) < 0 && errno == EINTR)
+        ;
     errno = saved;
 }
 

@@ -18,6 +18,20 @@
 int pmap__pipe(int fds[2]);
 /* Unregister and close *fd (if >= 0), then set it to -1. errno preserved. */
 void pmap__close(int *fd);
+/* An epoll instance (close-on-exec) and a non-blocking, close-on-exec
+ * eventfd holding `initval`, numbered >= 3 and registered like pmap__pipe's
+ * ends, into *fd. 0, or PMAP_ESYS (ENOSYS where Linux's calls are missing)
+ * or PMAP_ENOMEM. */
+int pmap__epoll_open(int *fd);
+int pmap__eventfd_open(int *fd, unsigned initval);
+/* Watch fd in the epoll set ep, level-triggered, for input (writable 0)
+ * or for room to write. 0 or PMAP_ESYS. */
+int pmap__epoll_add(int ep, int fd, int writable);
+/* Stop watching fd (before closing it). errno preserved. */
+void pmap__epoll_del(int ep, int fd);
+/* Make the eventfd readable (0 or PMAP_ESYS), or empty it again. */
+int pmap__eventfd_signal(int fd);
+void pmap__eventfd_drain(int fd);
 int pmap__set_nonblock(int fd);
 /* Ask for a larger pipe buffer where the kernel allows; failure is harmless. */
 void pmap__pipe_grow(int fd, int bytes);

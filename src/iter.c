@@ -60,6 +60,9 @@
  * long before it runs dry, where a pump per 64 tiny records was a tenth of
  * the caller's time. */
 #define PUMP_EVERY 64u
+/* pmap_iter_timeout when the backend has no descriptor to watch: poll it
+ * this often instead. */
+#define EVL_POLL_MS 1
 
 enum rec_state { R_FREE, R_QUEUED, R_FLIGHT, R_DONE, R_LOST };
 
@@ -105,6 +108,13 @@ struct pmap_iter {
     struct pmap__rec **batch;
     uint32_t batch_cap;
     struct pmap__sink sink;
+    /* Event loops (DESIGN §10). */
+    uint64_t submits; /* batches handed to the backend */
+    int in_step;      /* inside step() or try_round(): the generator may be running */
+    int quiet;        /* the last pmap_try_next returned PMAP_EAGAIN, and nothing ran since */
+    int ev_epfd;      /* pmap_iter_fd's epoll set, -1 until asked for */
+    int ev_efd;       /* in it, an eventfd that holds a count exactly while !quiet */
+    int ev_nofd;      /* the backend has no descriptor: pmap_iter_timeout polls */
 };
 
 static uint32_t slot_of(const struct pmap_iter *it, const struct pmap__rec *r)
@@ -450,6 +460,7 @@ static int dispatch(struct pmap_iter *it)
             rc = ops->submit(it->be, w, it->batch, n);
             if (rc != 0)
                 return rc;
+            it->submits++;
             room -= n;
             infl += n;
         }
@@ -485,6 +496,7 @@ static int step(struct pmap_iter *it, int timeout_ms)
 
     if (it->stopped)
         return 0;
+    it->in_step = 1;
     rc = dispatch(it);
     /* The generator may have just ended (or failed) with nothing left
      * alive: there is nothing to wait for then, and pump(-1) would block
@@ -496,6 +508,7 @@ static int step(struct pmap_iter *it, int timeout_ms)
         rc = it->ops->pump(it->be, timeout_ms, &it->sink);
     if (rc == 0 && timeout_ms != 0)
         rc = dispatch(it); /* refill at once what the pump freed */
+    it->in_step = 0;
     if (rc != 0)
         fail_all(it, rc);
     return rc;
@@ -642,6 +655,8 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->sink.done_many = on_done_many;
     it->sink.retry = on_retry;
     it->sink.timing = on_timing;
+    it->ev_epfd = -1;
+    it->ev_efd = -1;
     pool->iter = it;
     it->ops->begin(it->be);
     return it;
@@ -696,10 +711,15 @@ static int next_slow(struct pmap_iter *it, pmap_item *item)
 
 /* pmap_next in general: the owner check that may ask getpid(), any kind
  * of held record, either order. */
+static void evl_wake(struct pmap_iter *it);
+
 static PMAP__RARE int next_general(struct pmap_iter *it, pmap_item *item)
 {
     if (!pmap__is_owner(&it->owner))
         return PMAP_EINVAL;
+    /* What pmap_next does may leave items for pmap_try_next. */
+    if (it->quiet)
+        evl_wake(it);
     if (it->held != NULL) {
         release(it, it->held);
         it->held = NULL;
@@ -778,6 +798,191 @@ int pmap_iter_free(pmap_iter *it)
     }
     slots_free(it->recs, it->window);
     free(it->batch);
+    /* Only closed (in an inherited copy too): the eventfd is in no other
+     * set, and the backend's descriptor stays the backend's. */
+    pmap__close(&it->ev_epfd);
+    pmap__close(&it->ev_efd);
     free(it);
     return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Event loops                                                              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * pmap_iter_fd's descriptor is an epoll set of two: the backend's own
+ * descriptor (its pipes), and an eventfd standing for what needs no I/O:
+ * it holds a count from the moment pmap_try_next could make progress
+ * without any (an item read ahead, the end, records to generate or send)
+ * until pmap_try_next returns PMAP_EAGAIN, which it does only once a pump
+ * came after the last batch sent and a dispatch after that sent nothing.
+ * So the eventfd costs two system calls per burst of items, none per item.
+ */
+
+static void evl_wake(struct pmap_iter *it)
+{
+    it->quiet = 0;
+    /* Should the write fail, pmap_iter_timeout (0 while not quiet) still
+     * calls the loop back at once. */
+    if (it->ev_efd >= 0)
+        (void)pmap__eventfd_signal(it->ev_efd);
+}
+
+static void evl_sleep(struct pmap_iter *it)
+{
+    it->quiet = 1;
+    if (it->ev_efd >= 0)
+        pmap__eventfd_drain(it->ev_efd);
+}
+
+/* One round of pmap_try_next: hand out work, and move bytes without
+ * waiting unless the dispatch sent nothing new since an earlier pump of
+ * this call. 1 when nothing more can happen without I/O or a deadline. */
+static int try_round(struct pmap_iter *it, int pumped)
+{
+    uint64_t before = it->submits;
+    int rc;
+
+    if (it->stopped)
+        return 1;
+    it->in_step = 1;
+    rc = dispatch(it);
+    if (rc == 0 && pumped && it->submits == before) {
+        it->in_step = 0;
+        return 1;
+    }
+    if (rc == 0)
+        rc = it->ops->pump(it->be, 0, &it->sink);
+    it->in_step = 0;
+    if (rc != 0)
+        fail_all(it, rc);
+    return 0;
+}
+
+/* pmap_try_next when it needs no more than pmap_next's fast path does:
+ * the owner known without a system call, the record held since the last
+ * call only to be counted out, the next one back, no pump due, and the
+ * descriptor already readable. 1 and *item filled, or 0 (nothing done). */
+static int try_fast(struct pmap_iter *it, pmap_item *item)
+{
+    struct pmap__rec *r = it->held, *nx;
+
+    if (it->owner.fork_gen != pmap__fork_gen_value || r == NULL || r->state != R_DONE ||
+        r->result.cap > it->keep || it->since_pump + 1u >= it->pump_every || it->quiet ||
+        it->in_step)
+        return 0;
+    if (it->ordered) {
+        uint32_t slot = it->out_slot + 1u == it->window ? 0u : it->out_slot + 1u;
+
+        nx = &it->recs[slot];
+        /* With a window of 1 the next slot is the held record's own. */
+        if (nx == r || nx->state != R_DONE)
+            return 0;
+        it->out_slot = slot;
+    } else {
+        if (it->done.head == NONE)
+            return 0;
+        nx = q_pop(it, &it->done);
+        r->next = it->free_head;
+        it->free_head = slot_of(it, r);
+    }
+    it->live_bytes -= r->result.len;
+    r->state = R_FREE;
+    r->result.len = 0;
+    it->returned++;
+    it->since_pump++;
+    it->held = nx;
+    fill(item, nx);
+    return 1;
+}
+
+int pmap_try_next(pmap_iter *it, pmap_item *item)
+{
+    struct pmap__rec *r;
+    int pumped = 0, idle = 0;
+
+    if (it == NULL || item == NULL)
+        return PMAP_EINVAL;
+    if (try_fast(it, item))
+        return PMAP_OK;
+    if (!pmap__is_owner(&it->owner))
+        return PMAP_EINVAL;
+    if (it->in_step)
+        return PMAP_EBUSY;
+    if (it->held != NULL) {
+        release(it, it->held);
+        it->held = NULL;
+    }
+    for (;;) {
+        r = deliverable(it);
+        if (r != NULL) {
+            /* Keep the workers fed while buffered results are handed out. */
+            if (!pumped && ++it->since_pump >= it->pump_every) {
+                it->since_pump = 0;
+                (void)try_round(it, 0);
+            }
+            it->held = r;
+            fill(item, r);
+            if (it->quiet)
+                evl_wake(it);
+            return PMAP_OK;
+        }
+        if (it->returned == it->generated && it->retry.head == NONE &&
+            (it->gen_state != G_RUNNING || it->stopped)) {
+            if (it->quiet)
+                evl_wake(it);
+            return it->fatal ? it->fatal : PMAP_DONE;
+        }
+        if (idle)
+            break;
+        it->since_pump = 0;
+        idle = try_round(it, pumped);
+        pumped = 1;
+    }
+    if (!it->quiet)
+        evl_sleep(it);
+    return PMAP_EAGAIN;
+}
+
+int pmap_iter_fd(pmap_iter *it)
+{
+    int bfd = -1, ep = -1, efd = -1, saved;
+
+    if (it == NULL || !pmap__is_owner(&it->owner)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (it->ev_epfd >= 0)
+        return it->ev_epfd;
+    if (it->ops->fd != NULL) {
+        bfd = it->ops->fd(it->be);
+        if (bfd < 0 && errno != ENOSYS)
+            return -1;
+    }
+    if (pmap__epoll_open(&ep) != 0 || pmap__eventfd_open(&efd, it->quiet ? 0u : 1u) != 0 ||
+        pmap__epoll_add(ep, efd, 0) != 0 || (bfd >= 0 && pmap__epoll_add(ep, bfd, 0) != 0)) {
+        saved = errno;
+        pmap__close(&ep);
+        pmap__close(&efd);
+        errno = saved;
+        return -1;
+    }
+    it->ev_epfd = ep;
+    it->ev_efd = efd;
+    it->ev_nofd = bfd < 0 || it->ops->timeout == NULL;
+    return ep;
+}
+
+int pmap_iter_timeout(pmap_iter *it)
+{
+    if (it == NULL || !pmap__is_owner(&it->owner)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (!it->quiet)
+        return 0;
+    if (it->ev_nofd || it->ops->timeout == NULL)
+        return EVL_POLL_MS;
+    return it->ops->timeout(it->be);
 }

@@ -87,6 +87,9 @@ struct worker {
     pid_t pid;
     int tx; /* caller -> worker, non-blocking */
     int rx; /* worker -> caller, non-blocking */
+    /* In the pool's epoll set (pool.ep): rx, and tx while a write to it
+     * would block. */
+    unsigned char ep_rx, ep_tx;
     enum wstate state;
     enum kill_reason kill;
     int ever_ready;
@@ -131,6 +134,10 @@ struct pool {
     uint64_t spawn_after_ns;
     struct pollfd *pfd;
     struct worker **pfw;
+    /* For event loops (be_fd): an epoll set of the pipes, made on the
+     * first request, -1 until then. */
+    int ep;
+    uint64_t next_ns; /* the earliest deadline the last pump left (0: none) */
 };
 
 static const struct pmap__decoder_ops caller_ops;
@@ -143,6 +150,8 @@ static unsigned char empty_byte;
 static void place_reset(struct worker *w)
 {
     w->pid = -1;
+    w->ep_rx = 0;
+    w->ep_tx = 0;
     w->state = W_EMPTY;
     w->kill = K_NONE;
     w->ever_ready = 0;
@@ -160,6 +169,52 @@ static void place_reset(struct worker *w)
     w->seg_pos = 0;
     w->seg_off = 0;
 }
+
+/*
+ * The epoll set of be_fd. It exists only once an event loop asked for it,
+ * so the blocking path pays one test per change of a pipe. An entry is
+ * removed before its descriptor is closed: a copy inherited by a child (a
+ * new worker that has not closed it yet, a host's fork) would otherwise
+ * keep the entry of a closed descriptor alive, polling readable for as
+ * long as that child lives. Never from a child that inherited the pool:
+ * the set is shared with the parent (pool_free closes without removing).
+ *
+ * Watch tx for room (on) or stop (off). A pipe with room polls writable
+ * all the time, so it is watched only while a write would block. 0 or
+ * PMAP_ESYS.
+ */
+static int tx_watch(struct worker *w, int on)
+{
+    struct pool *p = w->pool;
+
+    if (w->ep_tx == on || p->ep < 0)
+        return 0;
+    if (on) {
+        if (pmap__epoll_add(p->ep, w->tx, 1) != 0)
+            return PMAP_ESYS;
+    } else {
+        pmap__epoll_del(p->ep, w->tx);
+    }
+    w->ep_tx = (unsigned char)on;
+    return 0;
+}
+
+static void close_tx(struct worker *w)
+{
+    (void)tx_watch(w, 0);
+    pmap__close(&w->tx);
+}
+
+static void close_rx(struct worker *w)
+{
+    if (w->ep_rx) {
+        pmap__epoll_del(w->pool->ep, w->rx);
+        w->ep_rx = 0;
+    }
+    pmap__close(&w->rx);
+}
+
+static void stop_now(struct worker *w);
 
 static int start_worker(struct pool *p, struct worker *w)
 {
@@ -184,6 +239,18 @@ static int start_worker(struct pool *p, struct worker *w)
     w->rx = rx;
     w->state = W_STARTING;
     pmap__decoder_init(&w->dec, &caller_ops, w, p->max_record);
+    if (p->ep >= 0) {
+        /* Unheard by the event loop, the worker would hang the map: a
+         * failed start instead. */
+        if (pmap__epoll_add(p->ep, rx, 0) != 0) {
+            int saved = errno;
+
+            stop_now(w);
+            errno = saved;
+            return PMAP_ESYS;
+        }
+        w->ep_rx = 1;
+    }
     return 0;
 }
 
@@ -229,6 +296,8 @@ static void signal_worker(struct worker *w, int sig)
 
 static void tx_clear(struct worker *w)
 {
+    if (w->ep_tx)
+        (void)tx_watch(w, 0);
     w->txbuf.len = 0;
     w->nseg = 0;
     w->seg_pos = 0;
@@ -275,8 +344,8 @@ static void finalize(struct pool *p, struct worker *w, int code)
     int status = PMAP_ECRASH;
     int unexplained = 0;
 
-    pmap__close(&w->tx);
-    pmap__close(&w->rx);
+    close_tx(w);
+    close_rx(w);
     if (!w->ever_ready && w->kill != K_STOP)
         start_failed(p, pmap__now_ns());
     if (w->sent > w->recv && s != NULL) {
@@ -315,7 +384,7 @@ static void settle_gone(struct pool *p, struct worker *w, int code, uint64_t now
         read_worker(p, w, now);
         if (w->state == W_EMPTY)
             return; /* the read reached EOF and settled it */
-        pmap__close(&w->rx);
+        close_rx(w);
     }
     w->pending = 0; /* a partial frame is dropped: its records are unfinished */
     finalize(p, w, code);
@@ -354,7 +423,7 @@ static void protocol_failure(struct pool *p, struct worker *w)
     fail_inflight(p, w, PMAP_EPROTO);
     kill_worker(w, K_PROTO, SIGKILL);
     /* Nothing more from this stream is believed. */
-    pmap__close(&w->rx);
+    close_rx(w);
 }
 
 /* EOF on the result pipe (or the pipe closed after a protocol failure):
@@ -543,7 +612,7 @@ static void read_worker(struct pool *p, struct worker *w, uint64_t now)
             /* EOF (or a broken pipe): a partial frame is dropped, its
              * records settled by finalize like any unfinished ones. */
             w->pending = 0;
-            pmap__close(&w->rx);
+            close_rx(w);
             on_eof(p, w, now);
             return;
         }
@@ -581,13 +650,17 @@ static void write_worker(struct worker *w, struct pmap__sigpipe_guard *g)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                /* An event loop must hear when the pipe has room again. */
+                if (tx_watch(w, 1) != 0)
+                    w->pool->fatal = PMAP_ESYS;
                 return;
+            }
             if (errno == EPIPE)
                 g->epipe = 1;
             /* The worker closed its end: it is dying; its EOF settles it. */
             tx_clear(w);
-            pmap__close(&w->tx);
+            close_tx(w);
             return;
         }
         while (n > 0) {
@@ -991,7 +1064,7 @@ static void recycle_spent(struct pool *p)
 
         if ((w->state == W_READY || w->state == W_STARTING) && w->sent == w->recv &&
             ((p->max_tasks && w->sent >= p->max_tasks) || w->retired)) {
-            pmap__close(&w->tx);
+            close_tx(w);
             w->state = W_DRAINING;
             w->kill = K_STOP;
         }
@@ -1020,7 +1093,7 @@ static int be_pump(void *be, int timeout_ms, const struct pmap__sink *sink)
     rc = poll_once(p, timeout_ms, next, 1);
     if (rc != 0)
         return rc;
-    (void)check_deadlines(p, pmap__now_ns());
+    p->next_ns = check_deadlines(p, pmap__now_ns());
     recycle_spent(p);
     return 0;
 }
@@ -1036,8 +1109,8 @@ static void stop_now(struct worker *w)
 
     signal_worker(w, SIGKILL);
     (void)reap(w, 1, &code);
-    pmap__close(&w->tx);
-    pmap__close(&w->rx);
+    close_tx(w);
+    close_rx(w);
     place_reset(w);
 }
 
@@ -1097,6 +1170,57 @@ static uint32_t be_room(void *be, int i)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Event loops                                                              */
+/* ------------------------------------------------------------------------ */
+
+static int be_fd(void *be)
+{
+    struct pool *p = be;
+    int i, saved;
+
+    if (p->ep >= 0)
+        return p->ep;
+    if (pmap__epoll_open(&p->ep) != 0)
+        return -1;
+    for (i = 0; i < p->nworkers; i++) {
+        struct worker *w = &p->w[i];
+
+        if (w->rx >= 0) {
+            if (pmap__epoll_add(p->ep, w->rx, 0) != 0)
+                goto fail;
+            w->ep_rx = 1;
+        }
+        if (w->tx >= 0 && tx_pending(w) && tx_watch(w, 1) != 0)
+            goto fail;
+    }
+    return p->ep;
+fail:
+    saved = errno;
+    for (i = 0; i < p->nworkers; i++)
+        p->w[i].ep_rx = p->w[i].ep_tx = 0;
+    pmap__close(&p->ep);
+    errno = saved;
+    return -1;
+}
+
+static int be_timeout(void *be)
+{
+    struct pool *p = be;
+    uint64_t now = pmap__now_ns(), next = p->next_ns, ms;
+
+    /* A free place is filled by the next pump (after the start backoff):
+     * nothing on the pipes would tell. */
+    if (count_empty(p) > 0)
+        earliest(&next, p->spawn_after_ns > now ? p->spawn_after_ns : now);
+    if (next == 0)
+        return -1;
+    if (next <= now)
+        return 0;
+    ms = (next - now + PMAP__NS_PER_MS - 1) / PMAP__NS_PER_MS;
+    return ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Create and destroy                                                       */
 /* ------------------------------------------------------------------------ */
 
@@ -1109,6 +1233,8 @@ static void pool_free(struct pool *p)
         for (i = 0; i < p->nworkers; i++) {
             struct worker *w = &p->w[i];
 
+            /* Closed, not removed from p->ep: this may be a child that
+             * inherited the pool, whose epoll set is the parent's. */
             pmap__close(&w->tx);
             pmap__close(&w->rx);
             free(w->fifo);
@@ -1117,6 +1243,7 @@ static void pool_free(struct pool *p)
             pmap__buf_free(&w->txbuf);
         }
     }
+    pmap__close(&p->ep);
     if (p->shm != NULL && p->shm != MAP_FAILED)
         munmap(p->shm, p->shm_len);
     free(p->w);
@@ -1182,7 +1309,7 @@ static void drain_exits(struct pool *p, uint64_t deadline)
                 n = pmap__read_once(w->rx, junk, sizeof junk);
             } while (n > 0);
             if (n == 0 || n < -1)
-                pmap__close(&w->rx);
+                close_rx(w);
         }
     }
 }
@@ -1194,7 +1321,7 @@ static void stop_workers(struct pool *p)
     int i;
 
     for (i = 0; i < p->nworkers; i++)
-        pmap__close(&p->w[i].tx);
+        close_tx(&p->w[i]);
     drain_exits(p, pmap__now_ns() + STOP_GRACE_NS);
     for (i = 0; i < p->nworkers; i++) {
         struct worker *w = &p->w[i];
@@ -1204,7 +1331,7 @@ static void stop_workers(struct pool *p)
             signal_worker(w, SIGKILL);
             (void)reap(w, 1, &code);
         }
-        pmap__close(&w->rx);
+        close_rx(w);
         place_reset(w);
     }
 }
@@ -1255,6 +1382,7 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
     p->max_record = cfg->max_record;
     p->id_base = cfg->id_base;
     p->nworkers = cfg->nworkers;
+    p->ep = -1;
     p->w = calloc((size_t)p->nworkers, sizeof *p->w);
     p->pfd = calloc((size_t)p->nworkers * 2u, sizeof *p->pfd);
     p->pfw = calloc((size_t)p->nworkers * 2u, sizeof *p->pfw);
@@ -1307,6 +1435,6 @@ static void be_release(void *be)
 }
 
 const struct pmap__backend_ops pmap__process_ops = {
-    be_create, be_destroy, be_release, be_nworkers, be_room,
-    be_inflight, be_submit, be_pump, be_cancel, be_begin,
+    be_create, be_destroy, be_release, be_nworkers, be_room,    be_inflight,
+    be_submit, be_pump,    be_cancel,  be_begin,    be_fd,      be_timeout,
 };

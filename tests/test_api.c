@@ -7,6 +7,7 @@
 #include <pmap.h>
 
 #include <errno.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -48,7 +49,7 @@ static void test_every_export(void **state)
     pmap_iter *it;
     pmap_item item;
     struct count c = {0, 50};
-    int rc, seen = 0, v;
+    int rc, seen = 0, v, fd;
 
     (void)state;
     assert_string_equal(pmap_version(), PMAP_VERSION_STRING);
@@ -77,8 +78,17 @@ static void test_every_export(void **state)
     it = pmap_imap_unordered(pool, gen, &c);
     assert_non_null(it);
     seen = 0;
-    while (pmap_next(it, &item) == PMAP_OK)
-        seen++;
+    /* The event-loop calls (DESIGN §10). */
+    fd = pmap_iter_fd(it);
+    assert_true(fd >= 0);
+    do {
+        struct pollfd p = {fd, POLLIN, 0};
+
+        assert_true(poll(&p, 1, pmap_iter_timeout(it)) >= 0 || errno == EINTR);
+        while ((rc = pmap_try_next(it, &item)) == PMAP_OK)
+            seen++;
+    } while (rc == PMAP_EAGAIN);
+    assert_int_equal(rc, PMAP_DONE);
     assert_int_equal(seen, 50);
     assert_int_equal(pmap_iter_free(it), PMAP_OK);
     assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);

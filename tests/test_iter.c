@@ -13,6 +13,7 @@
 #include "iter.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -211,8 +212,8 @@ static void fake_begin(void *be)
 }
 
 static const struct pmap__backend_ops fake_ops = {
-    fake_create, fake_destroy,  fake_destroy, fake_nworkers, fake_room,
-    fake_inflight, fake_submit, fake_pump,    fake_cancel,   fake_begin,
+    fake_create, fake_destroy, fake_destroy, fake_nworkers, fake_room, fake_inflight,
+    fake_submit, fake_pump,    fake_cancel,  fake_begin,    NULL,      NULL,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -610,6 +611,71 @@ static void test_busy(void **state)
     assert_int_equal(s.destroys, 1);
 }
 
+/* A backend without a descriptor of its own (fd and timeout NULL, as
+ * here): pmap_try_next still delivers the serial stream, pmap_iter_fd
+ * still gives a descriptor (readable while items wait, quiet after
+ * PMAP_EAGAIN), and pmap_iter_timeout tells the loop to poll back soon. */
+static void test_try_next_without_backend_fd(void **state)
+{
+    struct task_ctx tc = {5};
+    int ordered, eagain = 0;
+
+    (void)state;
+    for (ordered = 0; ordered < 2; ordered++) {
+        struct fake_script s = {0};
+        struct gen g = {0, 5000, 0, 0, -1};
+        pmap_pool *pool;
+        pmap_iter *it;
+        pmap_item item;
+        int rc, fd;
+
+        s.places = 3;
+        s.seed = 7 + (uint64_t)ordered;
+        s.per_pump = 5;
+        s.lose_every = 11;
+        pool = fake_pool(&s, &tc, 64, 0);
+        it = ordered ? pmap_imap(pool, gen, &g) : pmap_imap_unordered(pool, gen, &g);
+        assert_non_null(it);
+        fd = pmap_iter_fd(it);
+        assert_true(fd >= 0);
+        for (;;) {
+            struct pollfd p = {fd, POLLIN, 0};
+
+            rc = pmap_try_next(it, &item);
+            if (rc == PMAP_EAGAIN) {
+                eagain++;
+                assert_int_equal(poll(&p, 1, 0), 0);
+                assert_true(pmap_iter_timeout(it) > 0);
+                continue;
+            }
+            assert_int_equal(poll(&p, 1, 0), 1);
+            assert_int_equal(pmap_iter_timeout(it), 0);
+            if (rc != PMAP_OK)
+                break;
+            if (ordered)
+                assert_int_equal(item.index, g.consumed);
+            if (item.index % tc.fail_every == 0) {
+                assert_int_equal(item.status, PMAP_ETASK);
+            } else {
+                uint64_t v;
+
+                assert_int_equal(item.status, PMAP_OK);
+                assert_int_equal(item.len, sizeof v);
+                memcpy(&v, item.data, sizeof v);
+                assert_true(v == mix64(item.index));
+            }
+            g.consumed++;
+        }
+        assert_int_equal(rc, PMAP_DONE);
+        assert_int_equal(g.consumed, 5000);
+        assert_true(g.max_lead <= 64);
+        assert_int_equal(pmap_iter_free(it), PMAP_OK);
+        assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    }
+    /* Each pump finishes 5 records only: some call must have found none. */
+    assert_true(eagain > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -623,6 +689,7 @@ int main(void)
         cmocka_unit_test(test_room_honoured),
         cmocka_unit_test(test_auto_window),
         cmocka_unit_test(test_busy),
+        cmocka_unit_test(test_try_next_without_backend_fd),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
