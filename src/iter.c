@@ -397,8 +397,7 @@ static int batch_short(const struct pmap_iter *it, uint32_t n)
 /* Give place w whole batches of `chunk` until it has `target` records in
  * flight. 0; 1 when no record could be had (the window is full or the
  * generator is dry); or a fatal status. */
-static int fill_worker(struct pmap_iter *it, int w, uint32_t chunk, uint32_t target,
-                       uint32_t whole)
+static int fill_worker(struct pmap_iter *it, int w, uint32_t chunk, uint32_t target, uint32_t whole)
 {
     const struct pmap__backend_ops *ops = it->ops;
     uint32_t room = ops->room(it->be, w);

@@ -21,8 +21,7 @@
 
 #include "pmap.h"
 /* buf.h: pmap__buf_init, to test pmap_buf_reserve on a buffer of its own
- * as well as inside a map; api.h: the pool object, for the window chosen. */
-#include "api.h"
+ * as well as inside a map. */
 #include "buf.h"
 #include "testutil.h"
 
@@ -283,37 +282,6 @@ static void test_small_windows(void **state)
         }
     }
     free(ref);
-    tu_snap_check(&snap);
-}
-
-/* The window pmap.h documents: what was asked for, or workers * 4 * 2048
- * (workers * 4 * chunk for a larger explicit chunk), at most 65536. */
-static void test_window_values(void **state)
-{
-    static const struct {
-        int workers;
-        unsigned chunk, window, expect;
-    } cases[] = {
-        {1, 0, 0, 8192},     {2, 0, 0, 16384},        {3, 0, 0, 24576},      {8, 0, 0, 65536},
-        {9, 0, 0, 65536},    {2, 1, 0, 16384},        {1, 2048, 0, 8192},    {1, 4096, 0, 16384},
-        {1, 8192, 0, 32768}, {3, 5000, 0, 60000},     {1, 100000, 0, 65536}, {2, 0, 1, 1},
-        {2, 0, 7, 7},        {2, 64, 100000, 100000},
-    };
-    struct tu_snap snap;
-    size_t i;
-
-    (void)state;
-    tu_snap_take(&snap);
-    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        pmap_pool *pool =
-            make_pool(echo_task, NULL, cases[i].workers, cases[i].chunk, cases[i].window);
-
-        if (pool->window != cases[i].expect)
-            fail_msg("workers %d chunk %u window %u: window %u, documented %u", cases[i].workers,
-                     cases[i].chunk, cases[i].window, pool->window, cases[i].expect);
-        assert_int_equal(pool->window_auto, cases[i].window == 0);
-        assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
-    }
     tu_snap_check(&snap);
 }
 
@@ -852,11 +820,15 @@ int main(void)
 {
     struct rlimit nocore = {0, 0};
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_reserve_keeps_prefix), cmocka_unit_test(test_reserve_failure_empties),
-        cmocka_unit_test(test_reserve_in_map),       cmocka_unit_test(test_small_windows),
-        cmocka_unit_test(test_window_values),        cmocka_unit_test(test_one_record_per_worker),
-        cmocka_unit_test(test_reenter_imap),         cmocka_unit_test(test_reenter_pool_destroy),
-        cmocka_unit_test(test_generator_pipeline),   cmocka_unit_test(test_reenter_next),
+        cmocka_unit_test(test_reserve_keeps_prefix),
+        cmocka_unit_test(test_reserve_failure_empties),
+        cmocka_unit_test(test_reserve_in_map),
+        cmocka_unit_test(test_small_windows),
+        cmocka_unit_test(test_one_record_per_worker),
+        cmocka_unit_test(test_reenter_imap),
+        cmocka_unit_test(test_reenter_pool_destroy),
+        cmocka_unit_test(test_generator_pipeline),
+        cmocka_unit_test(test_reenter_next),
         cmocka_unit_test(test_reenter_iter_free),
     };
 

@@ -32,12 +32,12 @@
 struct fake_script {
     int places;
     uint64_t seed;
-    unsigned per_pump;     /* most records finished per pump (0: all in flight) */
-    unsigned lose_every;   /* every n-th finish is a loss instead (retry), 0: never */
-    unsigned fail_after;   /* pump number that returns fatal_status (0: never) */
+    unsigned per_pump;   /* most records finished per pump (0: all in flight) */
+    unsigned lose_every; /* every n-th finish is a loss instead (retry), 0: never */
+    unsigned fail_after; /* pump number that returns fatal_status (0: never) */
     int fatal_status;
-    int use_done_many;     /* report a pump's finishes through done_many */
-    uint32_t room;         /* room() per place; 0: unlimited */
+    int use_done_many; /* report a pump's finishes through done_many */
+    uint32_t room;     /* room() per place; 0: unlimited */
     /* Seen. */
     unsigned pumps, cancels, begins, creates, destroys;
     uint64_t submitted, batches, max_batch, reported, retried;
@@ -210,8 +210,8 @@ static void fake_begin(void *be)
 }
 
 static const struct pmap__backend_ops fake_ops = {
-    fake_create, fake_destroy,  fake_destroy, fake_nworkers, fake_room,
-    fake_inflight, fake_submit, fake_pump,    fake_cancel,   fake_begin,
+    fake_create,   fake_destroy, fake_destroy, fake_nworkers, fake_room,
+    fake_inflight, fake_submit,  fake_pump,    fake_cancel,   fake_begin,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -332,7 +332,7 @@ static int run_map(pmap_pool *pool, int ordered, struct gen *g, const struct tas
  * sizes: the stream is the serial one. */
 static void test_any_completion_order(void **state)
 {
-    static const unsigned windows[] = {2, 3, 7, 64, 0};
+    static const unsigned windows[] = {1, 2, 3, 7, 64, 0};
     static const unsigned chunks[] = {1, 3, 0};
     size_t wi, ci;
     int ordered;
@@ -605,6 +605,78 @@ static void test_auto_window(void **state)
     assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
 }
 
+/* The window pmap.h documents: what was asked for, else workers * 4 *
+ * 2048 records (workers * 4 * chunk for a larger explicit chunk), at most
+ * 65536. */
+static void test_window_values(void **state)
+{
+    static const struct {
+        int places;
+        unsigned chunk, window, expect;
+    } cases[] = {
+        {1, 0, 0, 8192},     {2, 0, 0, 16384},        {3, 0, 0, 24576},      {8, 0, 0, 65536},
+        {7, 0, 0, 57344},    {2, 1, 0, 16384},        {1, 2048, 0, 8192},    {1, 4096, 0, 16384},
+        {1, 8192, 0, 32768}, {3, 5000, 0, 60000},     {1, 100000, 0, 65536}, {2, 0, 1, 1},
+        {2, 0, 7, 7},        {2, 64, 100000, 100000},
+    };
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct fake_script s = {0};
+        struct task_ctx tc = {0};
+        pmap_pool *pool;
+
+        s.places = cases[i].places;
+        pool = fake_pool(&s, &tc, cases[i].window, cases[i].chunk);
+        if (pool->window != cases[i].expect)
+            fail_msg("%d places, chunk %u, window %u: window %u, documented %u", cases[i].places,
+                     cases[i].chunk, cases[i].window, pool->window, cases[i].expect);
+        assert_int_equal(pool->window_auto, cases[i].window == 0);
+        assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    }
+}
+
+/* Idle places come first: k * places records land on every place alike
+ * (at most two batches each are queued at a time), never more on one
+ * while another has fewer. Dispatch once filled the queue of each place in turn,
+ * so two long records on two idle workers ran one after the other. */
+static void test_idle_places_first(void **state)
+{
+    unsigned chunk, k;
+    int places;
+
+    (void)state;
+    for (places = 1; places <= 4; places++)
+        for (chunk = 0; chunk <= 1; chunk++)
+            /* Past two records a place, adaptive batches grow with the
+             * time measured (the fake reports tiny tasks): only batches of
+             * one still come one by one. */
+            for (k = 1; k <= (chunk == 1 ? 4u : 2u); k++) {
+                int ordered;
+
+                for (ordered = 0; ordered <= 1; ordered++) {
+                    struct fake_script s = {0};
+                    struct task_ctx tc = {0};
+                    struct gen g = {0, 0, 0, 0, -1};
+                    pmap_pool *pool;
+
+                    s.places = places;
+                    pool = fake_pool(&s, &tc, 0, chunk);
+                    g.n = k * (unsigned)places;
+                    /* The fake finishes nothing before the first pump, and
+                     * the iterator hands out every record it can before
+                     * pumping: max_inflight is the fullest place then. */
+                    assert_int_equal(run_map(pool, ordered, &g, &tc), PMAP_DONE);
+                    assert_int_equal(g.consumed, g.n);
+                    if (s.max_inflight != (k < 2 ? k : 2))
+                        fail_msg("%d places, chunk %u, %llu records: %u on one place", places,
+                                 chunk, (unsigned long long)g.n, s.max_inflight);
+                    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+                }
+            }
+}
+
 /* One open iterator per pool; destroy refuses while one is open. */
 static void test_busy(void **state)
 {
@@ -632,16 +704,12 @@ static void test_busy(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_any_completion_order),
-        cmocka_unit_test(test_window_bound),
-        cmocka_unit_test(test_retry_of_lost_records),
-        cmocka_unit_test(test_done_many),
-        cmocka_unit_test(test_cancel_mid_batch),
-        cmocka_unit_test(test_fatal_from_pump),
-        cmocka_unit_test(test_generator_error),
-        cmocka_unit_test(test_room_honoured),
-        cmocka_unit_test(test_auto_window),
-        cmocka_unit_test(test_busy),
+        cmocka_unit_test(test_any_completion_order),  cmocka_unit_test(test_window_bound),
+        cmocka_unit_test(test_retry_of_lost_records), cmocka_unit_test(test_done_many),
+        cmocka_unit_test(test_cancel_mid_batch),      cmocka_unit_test(test_fatal_from_pump),
+        cmocka_unit_test(test_generator_error),       cmocka_unit_test(test_room_honoured),
+        cmocka_unit_test(test_auto_window),           cmocka_unit_test(test_window_values),
+        cmocka_unit_test(test_idle_places_first),     cmocka_unit_test(test_busy),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
