@@ -123,7 +123,8 @@ enum {
     PMAP_EGEN = -7,      /**< the generator returned an error; iteration ended */
     PMAP_ETOOBIG = -8,   /**< a record exceeded max_record_bytes */
     PMAP_EPROTO = -9,    /**< a worker broke the wire protocol */
-    PMAP_EBUSY = -10,    /**< the pool already has an open iterator */
+    PMAP_EBUSY = -10,    /**< the pool already has an open iterator, or a call from
+                          *   inside the generator on its own iterator or pool */
     PMAP_EWORKER = -11,  /**< workers cannot be started: worker_init keeps failing, or
                           *   fork does */
     PMAP_EAGAIN = -13    /**< pmap_try_next: nothing ready now (not an error of the map) */
@@ -166,9 +167,10 @@ PMAP_API int pmap_buf_set(pmap_buf *buf, const void *data, size_t len);
 /**
  * Make the buffer exactly `len` bytes long and return a pointer to those
  * bytes for the caller to write, so a record can be built in place without
- * a copy. The first min(previous length, len) bytes are kept, so a record
- * may be reserved generously, written, then trimmed to its final length
- * with a second call.
+ * a copy. The first min(previous length, len) bytes are kept, whether the
+ * buffer grows or not, so a record may be reserved generously, written,
+ * then trimmed to its final length with a second call, or grown as it is
+ * built.
  *
  * Returns NULL, with the buffer left empty, if `len` exceeds
  * max_record_bytes (errno E2BIG), if memory ran out (ENOMEM) or if `buf` is
@@ -203,6 +205,13 @@ typedef int (*pmap_task_fn)(void *ctx, const void *param, size_t len, pmap_buf *
  * `param` is an empty record. After it has returned 0 or an error, the
  * generator is not called again by the same iterator. `gen_ctx` is the
  * pointer given to pmap_imap(); it must stay valid until pmap_iter_free().
+ *
+ * Inside the generator, its own iterator and pool are in use: pmap_next()
+ * and pmap_iter_free() on that iterator return PMAP_EBUSY, pmap_imap() and
+ * pmap_imap_unordered() on that pool fail with EBUSY, pmap_pool_destroy()
+ * on it returns PMAP_EBUSY, and each does nothing else. Other pools and
+ * their iterators may be used (a generator may draw its records from
+ * another map).
  */
 typedef int (*pmap_gen_fn)(void *gen_ctx, pmap_buf *param);
 
@@ -226,11 +235,21 @@ typedef struct pmap_options {
     int workers;
     /** Records per batch sent to a worker; 0: adaptive (batches sized by
      *  measured task time, so tiny tasks travel in large batches and slow
-     *  ones one at a time). */
+     *  ones one at a time). A worker has up to two batches queued; idle
+     *  workers come first: every worker gets a batch before any gets a
+     *  second, so n records on n idle workers run at the same time. */
     unsigned chunk;
-    /** Most records generated but not yet returned by pmap_next();
-     *  0: automatic (a bounded value that keeps all workers busy). This is
-     *  what bounds the caller's memory, however long the input. */
+    /** Most records generated but not yet returned by pmap_next() (a record
+     *  counts as returned once pmap_next() has handed it out). This is what
+     *  bounds the caller's memory, however long the input. Any value from
+     *  1 (one record at a time) up; a window below workers (times chunk,
+     *  when chunk is set) leaves workers idle, and pmap_imap() may fail
+     *  with ENOMEM for a huge one (each record of the window takes about a
+     *  hundred bytes of address space, touched only when used).
+     *  0: automatic, workers * 4 * 2048 records, or workers * 4 * chunk
+     *  when chunk is set and larger than 2048, and at most 65536; the
+     *  automatic window also pauses the generator while the records alive
+     *  hold more than 256 MiB (at least one record is always in flight). */
     unsigned window;
     /** Replace a worker after it has run this many records; 0: never. */
     unsigned long max_tasks_per_worker;
@@ -362,9 +381,11 @@ typedef struct pmap_item {
  * generated before the failure has been returned. After PMAP_DONE or a
  * failure, further calls return the same value. PMAP_EINVAL for NULL
  * arguments, and in a process that inherited the iterator through fork().
- * The pool stays usable after a failure. When the failure is the backend's
- * (PMAP_ESYS, PMAP_ENOMEM, PMAP_EWORKER), records that were running are lost
- * with it: in input order the items after them still come out, with gaps.
+ * PMAP_EBUSY, with nothing done and *item untouched, when called from
+ * inside this iterator's generator. The pool stays usable after a failure.
+ * When the failure is the backend's (PMAP_ESYS, PMAP_ENOMEM, PMAP_EWORKER),
+ * records that were running are lost with it: in input order the items
+ * after them still come out, with gaps.
  *
  * A record whose worker crashed (or was killed for a timeout) may have to
  * run again to pin the failure on the exact record: the records that shared
@@ -382,7 +403,9 @@ PMAP_API int pmap_next(pmap_iter *it, pmap_item *item);
  * Returns the fatal error that ended the map (as pmap_next() returned it),
  * else PMAP_OK. NULL is a no-op (returns PMAP_OK). In a process that
  * inherited the iterator through fork() it frees that process's copy only
- * and stops nothing.
+ * and stops nothing. Called from inside this iterator's generator, returns
+ * PMAP_EBUSY and frees nothing: call it again once the pmap_next() that
+ * runs the generator has returned.
  */
 PMAP_API int pmap_iter_free(pmap_iter *it);
 

@@ -83,12 +83,15 @@ static PMAP__RARE void *buf_reserve_slow(pmap_buf *buf, size_t len)
         errno = EINVAL;
         return NULL;
     }
-    buf->len = 0;
     if (len > buf->max) {
+        buf->len = 0;
         errno = E2BIG;
         return NULL;
     }
+    /* The length must stay until the buffer has grown: leaving the inline
+     * storage, pmap__buf_reserve copies only the bytes the length covers. */
     if (pmap__buf_reserve(buf, len ? len : 1) != 0) {
+        buf->len = 0;
         errno = ENOMEM;
         return NULL;
     }

@@ -17,7 +17,7 @@
     X(PMAP_EGEN, "the generator returned an error")                                                \
     X(PMAP_ETOOBIG, "a record exceeded max_record_bytes")                                          \
     X(PMAP_EPROTO, "a worker broke the wire protocol")                                             \
-    X(PMAP_EBUSY, "the pool already has an open iterator")                                         \
+    X(PMAP_EBUSY, "busy: the pool has an open iterator, or its generator is running")              \
     X(PMAP_EWORKER, "workers cannot be started")                                                   \
     X(PMAP_EAGAIN, "nothing ready yet")
 

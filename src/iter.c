@@ -83,6 +83,7 @@ struct pmap_iter {
     struct pmap__owner owner;
     pmap_gen_fn gen;
     void *gen_ctx;
+    int in_gen; /* the generator is running: calls on this iterator are refused */
     int ordered;
     struct pmap__rec *recs;
     uint32_t window;
@@ -331,7 +332,12 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
     uint32_t slot = it->gen_slot, fresh = it->fresh, n = 0;
     int rc = 1;
 
+    /* Every call of the generator is made from here, and never while a
+     * record is held (next_general releases it before it pumps): a call
+     * from inside the generator misses the fast path of pmap_next, and the
+     * general way refuses it. Set once per run, not per record. */
     if (!it->ordered) {
+        it->in_gen = 1;
         while (n < want) {
             struct pmap__rec *r = generate(it);
 
@@ -339,12 +345,14 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
                 break;
             out[n++] = r;
         }
+        it->in_gen = 0;
         return n;
     }
     if (it->gen_state != G_RUNNING || idx - returned >= window)
         return 0;
     if (want > window - (idx - returned))
         want = (uint32_t)(window - (idx - returned));
+    it->in_gen = 1;
     while (n < want) {
         struct pmap__rec *r = &recs[slot];
 
@@ -372,6 +380,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         live += r->param.len;
         out[n++] = r;
     }
+    it->in_gen = 0;
     it->generated = idx;
     it->live_bytes = live;
     it->gen_slot = slot;
@@ -395,16 +404,72 @@ static int batch_short(const struct pmap_iter *it, uint32_t n)
     return it->window - (it->generated - it->returned) < n;
 }
 
-/* Hand work to every worker that has room for it. */
-static int dispatch(struct pmap_iter *it)
+/* Give place w whole batches of `chunk` until it has `target` records in
+ * flight. 0; 1 when no record could be had (the window is full or the
+ * generator is dry); or a fatal status. */
+static int fill_worker(struct pmap_iter *it, int w, uint32_t chunk, uint32_t target, uint32_t whole)
 {
     const struct pmap__backend_ops *ops = it->ops;
-    int nw = ops->nworkers(it->be);
+    uint32_t room = ops->room(it->be, w);
+    uint32_t infl = ops->inflight(it->be, w);
+
+    while (room > 0 && infl < target) {
+        uint32_t limit = chunk, n = 0;
+        int rc;
+
+        if (limit > room)
+            limit = room;
+        /* A worker that still has work gets whole batches only: topping
+         * it up with the few records just freed would turn one batch of
+         * `chunk` into many small ones, each paying a frame, a write, a
+         * read and a wakeup. Likewise no worker gets a short batch while
+         * records are alive (in flight, or results the consumer has not
+         * taken yet: it is the bottleneck then, and small batches would
+         * only add to its work). With nothing alive the window is empty
+         * and a whole batch always fits, so the map always moves. */
+        if (infl > 0 && limit > target - infl)
+            break;
+        if (it->generated > it->returned && batch_short(it, limit < whole ? limit : whole))
+            break;
+        /* Records to run again first; the retry queue changes only
+         * in pump(), so once it is empty the rest are new ones. */
+        while (n < limit) {
+            struct pmap__rec *r = q_pop(it, &it->retry);
+
+            if (r == NULL)
+                break;
+            r->state = R_FLIGHT;
+            it->batch[n++] = r;
+        }
+        if (n < limit)
+            n += generate_run(it, it->batch + n, limit - n);
+        if (n == 0)
+            return 1;
+        rc = ops->submit(it->be, w, it->batch, n);
+        if (rc != 0)
+            return rc;
+        it->submits++;
+        room -= n;
+        infl += n;
+    }
+    return 0;
+}
+
+/* Hand work to every worker that has room for it, one batch of its queue
+ * at a time: every worker gets its first batch before any gets a second,
+ * so records go to idle workers first. (Filling each worker's queue in
+ * turn put n long records on n idle workers two by two on half of them,
+ * doubling the time of the map's tail.) Batch sizes are the same either
+ * way: only the order of the workers changes. */
+static int dispatch(struct pmap_iter *it)
+{
+    int nw = it->ops->nworkers(it->be);
     uint32_t chunk = chunk_size(it);
     /* The smallest batch worth waiting for: a whole one, unless the window
      * is too small to give every worker whole batches. */
     uint32_t whole = it->window / ((uint32_t)nw * (DEPTH + 1u));
-    int k;
+    uint32_t level;
+    int k, rc;
 
     if (whole < 1)
         whole = 1;
@@ -417,52 +482,17 @@ static int dispatch(struct pmap_iter *it)
         it->batch = b;
         it->batch_cap = chunk;
     }
-    for (k = 0; k < nw; k++) {
-        int w = (it->next_worker + k) % nw;
-        uint32_t room = ops->room(it->be, w);
-        uint32_t infl = ops->inflight(it->be, w);
-        uint32_t target = chunk * DEPTH;
+    for (level = 1; level <= DEPTH; level++) {
+        for (k = 0; k < nw; k++) {
+            int w = (it->next_worker + k) % nw;
 
-        while (room > 0 && infl < target) {
-            uint32_t limit = chunk, n = 0;
-            int rc;
-
-            if (limit > room)
-                limit = room;
-            /* A worker that still has work gets whole batches only: topping
-             * it up with the few records just freed would turn one batch of
-             * `chunk` into many small ones, each paying a frame, a write, a
-             * read and a wakeup. Likewise no worker gets a short batch while
-             * records are alive (in flight, or results the consumer has not
-             * taken yet: it is the bottleneck then, and small batches would
-             * only add to its work). With nothing alive the window is empty
-             * and a whole batch always fits, so the map always moves. */
-            if (infl > 0 && limit > target - infl)
-                break;
-            if (it->generated > it->returned && batch_short(it, limit < whole ? limit : whole))
-                break;
-            /* Records to run again first; the retry queue changes only
-             * in pump(), so once it is empty the rest are new ones. */
-            while (n < limit) {
-                struct pmap__rec *r = q_pop(it, &it->retry);
-
-                if (r == NULL)
-                    break;
-                r->state = R_FLIGHT;
-                it->batch[n++] = r;
-            }
-            if (n < limit)
-                n += generate_run(it, it->batch + n, limit - n);
-            if (n == 0) {
+            rc = fill_worker(it, w, chunk, chunk * level, whole);
+            if (rc == 1) {
                 it->next_worker = (w + 1) % nw;
                 return 0;
             }
-            rc = ops->submit(it->be, w, it->batch, n);
             if (rc != 0)
                 return rc;
-            it->submits++;
-            room -= n;
-            infl += n;
         }
     }
     it->next_worker = (it->next_worker + 1) % nw;
@@ -709,14 +739,18 @@ static int next_slow(struct pmap_iter *it, pmap_item *item)
     }
 }
 
-/* pmap_next in general: the owner check that may ask getpid(), any kind
- * of held record, either order. */
+/* pmap_next in general: the owner check that may ask getpid(), a call
+ * from inside the generator, any kind of held record, either order. */
 static void evl_wake(struct pmap_iter *it);
 
 static PMAP__RARE int next_general(struct pmap_iter *it, pmap_item *item)
 {
     if (!pmap__is_owner(&it->owner))
         return PMAP_EINVAL;
+    /* The outer pmap_next is half-way through generating a run (counters
+     * in registers, a slot being filled): nothing may move under it. */
+    if (it->in_gen)
+        return PMAP_EBUSY;
     /* What pmap_next does may leave items for pmap_try_next. */
     if (it->quiet)
         evl_wake(it);
@@ -739,7 +773,8 @@ int pmap_next(pmap_iter *it, pmap_item *item)
      * (not lost, no buffer to trim), and the next record is back with no
      * pump due (the test next_slow makes, ++since_pump >= pump_every).
      * All tests come before any store: a miss leaves everything to the
-     * general way. */
+     * general way, and so does a call from inside the generator, which
+     * runs with no record held. */
     r = it->held;
     if (pmap__owner_surely(&it->owner) && r != NULL && r->state == R_DONE &&
         r->result.cap <= it->keep && it->since_pump + 1u < it->pump_every) {
@@ -749,9 +784,11 @@ int pmap_next(pmap_iter *it, pmap_item *item)
             uint32_t slot = it->out_slot + 1u == it->window ? 0u : it->out_slot + 1u;
 
             /* A slot is R_DONE only while its record is alive, so no test
-             * of returned < generated is needed. */
+             * of returned < generated is needed; but with a window of one
+             * the next slot is the held record's own, R_DONE as well
+             * (taking it handed the record out twice). */
             nx = &it->recs[slot];
-            if (nx->state != R_DONE)
+            if (nx->state != R_DONE || nx == r)
                 return next_general(it, item);
             it->out_slot = slot;
         } else {
@@ -785,6 +822,10 @@ int pmap_iter_free(pmap_iter *it)
 
     if (it == NULL)
         return PMAP_OK;
+    /* From inside the generator: the pmap_next that runs it uses the
+     * iterator after the generator returns. */
+    if (it->in_gen && pmap__is_owner(&it->owner))
+        return PMAP_EBUSY;
     rc = it->fatal;
     if (pmap__is_owner(&it->owner)) {
         /* Whatever is still running for this map is of no use any more. */

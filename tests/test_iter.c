@@ -34,12 +34,12 @@
 struct fake_script {
     int places;
     uint64_t seed;
-    unsigned per_pump;     /* most records finished per pump (0: all in flight) */
-    unsigned lose_every;   /* every n-th finish is a loss instead (retry), 0: never */
-    unsigned fail_after;   /* pump number that returns fatal_status (0: never) */
+    unsigned per_pump;   /* most records finished per pump (0: all in flight) */
+    unsigned lose_every; /* every n-th finish is a loss instead (retry), 0: never */
+    unsigned fail_after; /* pump number that returns fatal_status (0: never) */
     int fatal_status;
-    int use_done_many;     /* report a pump's finishes through done_many */
-    uint32_t room;         /* room() per place; 0: unlimited */
+    int use_done_many; /* report a pump's finishes through done_many */
+    uint32_t room;     /* room() per place; 0: unlimited */
     /* Seen. */
     unsigned pumps, cancels, begins, creates, destroys;
     uint64_t submitted, batches, max_batch, reported, retried;
@@ -334,7 +334,7 @@ static int run_map(pmap_pool *pool, int ordered, struct gen *g, const struct tas
  * sizes: the stream is the serial one. */
 static void test_any_completion_order(void **state)
 {
-    static const unsigned windows[] = {2, 3, 7, 64, 0};
+    static const unsigned windows[] = {1, 2, 3, 7, 64, 0};
     static const unsigned chunks[] = {1, 3, 0};
     size_t wi, ci;
     int ordered;
@@ -577,14 +577,69 @@ static void test_room_honoured(void **state)
     assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
 }
 
-/* The automatic window covers every place's queue of whole batches. */
-static void test_auto_window(void **state)
+/* The window pmap.h documents: what was asked for, else workers * 4 *
+ * 2048 records (workers * 4 * chunk for a larger explicit chunk), at most
+ * 65536. */
+static void test_window_values(void **state)
 {
+    static const struct {
+        int places;
+        unsigned chunk, expect;
+    } cases[] = {
+        {1, 0, 8192},     {2, 0, 16384},        {3, 0, 24576},      {8, 0, 65536},
+        {7, 0, 57344},    {2, 1, 16384},        {1, 2048, 8192},    {1, 4096, 16384},
+        {1, 8192, 32768}, {3, 5000, 60000},     {1, 100000, 65536},
+    };
+    size_t i;
+
     (void)state;
-    assert_int_equal(pmap__iter_auto_window(2, 0), 2u * 4u * 2048u);
-    assert_int_equal(pmap__iter_auto_window(8, 0), 65536u);
-    assert_int_equal(pmap__iter_auto_window(1, 5000), 4u * 5000u);
-    assert_int_equal(pmap__iter_auto_window(0, 1), 4u * 2048u);
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        unsigned got = pmap__iter_auto_window(cases[i].places, cases[i].chunk);
+
+        if (got != cases[i].expect)
+            fail_msg("%d places, chunk %u: window %u, documented %u", cases[i].places,
+                     cases[i].chunk, got, cases[i].expect);
+    }
+}
+
+/* Idle places come first: k * places records land on every place alike
+ * (at most two batches each are queued at a time), never more on one
+ * while another has fewer. Dispatch once filled the queue of each place in turn,
+ * so two long records on two idle workers ran one after the other. */
+static void test_idle_places_first(void **state)
+{
+    unsigned chunk, k;
+    int places;
+
+    (void)state;
+    for (places = 1; places <= 4; places++)
+        for (chunk = 0; chunk <= 1; chunk++)
+            /* Past two records a place, adaptive batches grow with the
+             * time measured (the fake reports tiny tasks): only batches of
+             * one still come one by one. */
+            for (k = 1; k <= (chunk == 1 ? 4u : 2u); k++) {
+                int ordered;
+
+                for (ordered = 0; ordered <= 1; ordered++) {
+                    struct fake_script s = {0};
+                    struct task_ctx tc = {0};
+                    struct gen g = {0, 0, 0, 0, -1};
+                    pmap_pool *pool;
+
+                    s.places = places;
+                    pool = fake_pool(&s, &tc, 0, chunk);
+                    g.n = k * (unsigned)places;
+                    /* The fake finishes nothing before the first pump, and
+                     * the iterator hands out every record it can before
+                     * pumping: max_inflight is the fullest place then. */
+                    assert_int_equal(run_map(pool, ordered, &g, &tc), PMAP_DONE);
+                    assert_int_equal(g.consumed, g.n);
+                    if (s.max_inflight != (k < 2 ? k : 2))
+                        fail_msg("%d places, chunk %u, %llu records: %u on one place", places,
+                                 chunk, (unsigned long long)g.n, s.max_inflight);
+                    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+                }
+            }
 }
 
 /* One open iterator per pool; destroy refuses while one is open. */
@@ -687,7 +742,8 @@ int main(void)
         cmocka_unit_test(test_fatal_from_pump),
         cmocka_unit_test(test_generator_error),
         cmocka_unit_test(test_room_honoured),
-        cmocka_unit_test(test_auto_window),
+        cmocka_unit_test(test_window_values),
+        cmocka_unit_test(test_idle_places_first),
         cmocka_unit_test(test_busy),
         cmocka_unit_test(test_try_next_without_backend_fd),
     };
