@@ -21,6 +21,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #if defined(__linux__)
 #include <pty.h>
 #else
@@ -2003,7 +2004,144 @@ static void test_write_eintr(void **state)
     free(r);
 }
 
-int main(void)
+/* ------------------------------------------------------------------------ */
+/* The sum example on a terminal                                            */
+/* ------------------------------------------------------------------------ */
+
+static const char *example_sum; /* the built examples/sum, from CMake */
+
+/* Start `path` with stdout on out_fd and stderr on err_fd. The child asserts nothing. */
+static pid_t spawn(const char *path, int out_fd, int err_fd)
+{
+    pid_t pid;
+
+    assert_int_equal(fflush(NULL), 0); /* nothing of ours written twice */
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd, in = open("/dev/null", O_RDONLY);
+
+        if (in < 0 || dup2(in, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
+            _exit(126);
+        for (fd = 3; fd < 1024; fd++)
+            (void)close(fd);
+        if (setenv("LC_ALL", "C", 1) != 0)
+            _exit(126);
+        execl(path, path, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void wait_success(pid_t pid)
+{
+    int status;
+    pid_t rc;
+
+    do {
+        rc = waitpid(pid, &status, 0);
+    } while (rc < 0 && errno == EINTR);
+    assert_int_equal(rc, pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* Read fd until EOF, or EIO (a pseudo-terminal's master once the last slave is closed). */
+static char *read_all(int fd, size_t *len)
+{
+    struct pollfd pfd;
+    size_t cap = 4096;
+    char *buf = malloc(cap);
+
+    assert_non_null(buf);
+    *len = 0;
+    pfd.fd = fd;
+    pfd.events = POLLIN;
+    for (;;) {
+        ssize_t n;
+        int rc = poll(&pfd, 1, 30000);
+
+        if (rc < 0 && errno == EINTR)
+            continue;
+        assert_true(rc > 0);
+        if (cap - *len < 1024) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            assert_non_null(buf);
+        }
+        n = read(fd, buf + *len, cap - *len - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0 || (n < 0 && errno == EIO))
+            break;
+        assert_true(n > 0);
+        *len += (size_t)n;
+    }
+    buf[*len] = '\0';
+    return buf;
+}
+
+static void test_example_sum_pty(void **state)
+{
+    struct winsize ws;
+    struct termios tio;
+    struct screen sc;
+    char *ref, *tty, *line, *nl, done[64];
+    size_t ref_len, tty_len, rows = 0;
+    int fds[2], null, master, slave;
+    pid_t pid;
+
+    (void)state;
+    assert_non_null(example_sum);
+
+    /* The results alone: stdout into a pipe, the bar (line mode) to /dev/null. */
+    assert_int_equal(pipe(fds), 0);
+    null = open("/dev/null", O_WRONLY);
+    assert_true(null >= 0);
+    pid = spawn(example_sum, fds[1], null);
+    assert_int_equal(close(fds[1]), 0);
+    assert_int_equal(close(null), 0);
+    ref = read_all(fds[0], &ref_len);
+    assert_int_equal(close(fds[0]), 0);
+    wait_success(pid);
+
+    /* Then stdout and stderr both on one terminal, as in a shell. */
+    memset(&ws, 0, sizeof ws);
+    ws.ws_row = 24;
+    ws.ws_col = 80;
+    assert_int_equal(openpty(&master, &slave, NULL, NULL, &ws), 0);
+    assert_int_equal(tcgetattr(slave, &tio), 0);
+    tio.c_oflag &= ~(tcflag_t)OPOST; /* the bytes as written: '\n' stays '\n' */
+    assert_int_equal(tcsetattr(slave, TCSANOW, &tio), 0);
+    pid = spawn(example_sum, slave, slave);
+    assert_int_equal(close(slave), 0);
+    tty = read_all(master, &tty_len);
+    assert_int_equal(close(master), 0);
+    wait_success(pid);
+
+    /* On the screen: each result alone on its line, in order, then the bar. */
+    replay(&sc, tty, tty_len, 80);
+    for (line = ref; line < ref + ref_len; line = nl + 1) {
+        nl = memchr(line, '\n', (size_t)(ref + ref_len - line));
+        assert_non_null(nl);
+        *nl = '\0';
+        assert_true(rows < sc.rows);
+        assert_string_equal(sc.row[rows], line);
+        rows++;
+    }
+    assert_true(rows > 0);
+    assert_int_equal(sc.rows, rows + 2);
+    assert_true(starts_with(sc.row[rows], "100%|#"));
+    assert_true(snprintf(done, sizeof done, "#| %zu/%zu [", rows, rows) > 0);
+    assert_non_null(strstr(sc.row[rows], done));
+    /* The bar's final '\n' is the last byte: nothing after it. */
+    assert_string_equal(sc.row[rows + 1], "");
+    assert_int_equal(tty[tty_len - 1], '\n');
+    free(ref);
+    free(tty);
+}
+
+int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_format_time, setup, teardown),
@@ -2050,5 +2188,18 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_eintr, setup, teardown),
     };
 
+    const struct CMUnitTest example[] = {
+        cmocka_unit_test_setup_teardown(test_example_sum_pty, setup, teardown),
+    };
+
+    /* CMake registers the example's test only when examples are built. */
+    if (argc == 3 && strcmp(argv[1], "--example-sum") == 0) {
+        example_sum = argv[2];
+        return cmocka_run_group_tests_name("example_sum", example, NULL, NULL);
+    }
+    if (argc != 1) {
+        fprintf(stderr, "usage: %s [--example-sum PATH]\n", argv[0]);
+        return 2;
+    }
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
