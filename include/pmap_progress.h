@@ -228,6 +228,13 @@ PMAP_PROGRESS_API int pmap_progress_set_postfix(pmap_progress *bar, const char *
  *   the bar's own FILE in line mode, or a NULL or disabled bar): the text is
  *   just written, buffered by `out` as fprintf() would.
  *
+ * Which case applies is found with isatty() or fstat() on `out`, once for a
+ * stream and again after each frame the bar draws by itself (not at every
+ * call, which would cost a system call per line): a stream redirected in the
+ * meantime (freopen(), dup2()) is placed by its new kind from the next frame
+ * on. The call costs about what fprintf() costs, plus the three steps above
+ * when they apply.
+ *
  * Returns the number of bytes written to `out` (the added '\n' included), or
  * -1 with errno set: EINVAL when `out` or `fmt` is NULL, ENOMEM, EOVERFLOW,
  * or the error of the failed write or flush (the stream's error indicator

@@ -67,6 +67,9 @@
  */
 #define LINE_SLACK (6u * PMAP__PROGRESS_MAX_COLUMNS + 1024u)
 
+/* How text written to another stream must be placed around the bar's output. */
+enum share { SHARE_NONE, SHARE_FILE, SHARE_TERMINAL };
+
 /* A string the caller may replace while the bar runs: grows, never shrinks. */
 struct text {
     char *s; /* NUL-terminated; NULL until first set */
@@ -108,6 +111,9 @@ struct pmap_progress {
     int have_id;      /* dev and ino identify the file behind fd */
     dev_t dev;
     ino_t ino;
+    FILE *seen_out; /* the last other stream of pmap_progress_printf(); NULL: none */
+    int seen_fd;    /* its descriptor then */
+    enum share seen_share;
     char unit[UNIT_SIZE];
 };
 
@@ -845,8 +851,10 @@ static PMAP__COLD void tick(struct pmap_progress *bar)
         due = due || !bar->visible;
         due = due || (bar->total > 0 && bar->count >= bar->total && !bar->done_drawn);
     }
-    if (due)
+    if (due) {
         draw(bar, now, 0);
+        bar->seen_out = NULL; /* look again: the stream may have been redirected */
+    }
     arm(bar);
     errno = saved;
 }
@@ -874,34 +882,43 @@ static void erase(struct pmap_progress *bar)
     bar->last_cols = 0;
 }
 
-/* How text written to another stream must be placed around the bar's output. */
-enum share { SHARE_NONE, SHARE_FILE, SHARE_TERMINAL };
-
-static enum share sharing(const struct pmap_progress *bar, FILE *out)
+static enum share sharing(struct pmap_progress *bar, FILE *out)
 {
+    enum share mode = SHARE_NONE;
     struct stat st;
     int fd;
 
     if (bar == NULL || bar->failed)
         return SHARE_NONE;
+    /* One FILE keeps its own order; two FILEs on one file (2>&1) do not. */
+    if (out == bar->out)
+        return bar->tty ? SHARE_TERMINAL : SHARE_NONE;
+    fd = fileno(out);
+    if (fd < 0)
+        return SHARE_NONE;
+    /*
+     * isatty() or fstat() is a system call, the cost of a whole line of
+     * buffered output many times over: the answer for this stream holds until
+     * the next periodic frame, which asks again.
+     */
+    if (out == bar->seen_out && fd == bar->seen_fd)
+        return bar->seen_share;
     if (bar->tty) {
         /*
          * Any terminal counts as the bar's (as tqdm treats stdout and stderr):
          * a terminal reached by two names (/dev/tty, /dev/pts/N) has two
          * inodes, and one wrongly taken as shared costs one frame.
          */
-        if (out == bar->out)
-            return SHARE_TERMINAL;
-        fd = fileno(out);
-        return fd >= 0 && isatty(fd) == 1 ? SHARE_TERMINAL : SHARE_NONE;
+        if (isatty(fd) == 1)
+            mode = SHARE_TERMINAL;
+    } else if (bar->have_id && fstat(fd, &st) == 0 && st.st_dev == bar->dev &&
+               st.st_ino == bar->ino) {
+        mode = SHARE_FILE;
     }
-    /* One FILE keeps its own order; two FILEs on one file (2>&1) do not. */
-    if (out == bar->out || !bar->have_id)
-        return SHARE_NONE;
-    fd = fileno(out);
-    if (fd < 0 || fstat(fd, &st) != 0)
-        return SHARE_NONE;
-    return st.st_dev == bar->dev && st.st_ino == bar->ino ? SHARE_FILE : SHARE_NONE;
+    bar->seen_out = out;
+    bar->seen_fd = fd;
+    bar->seen_share = mode;
+    return mode;
 }
 
 /*

@@ -1488,15 +1488,31 @@ static void test_write_line_mode(void **state)
     assert_int_equal(fclose(f), 0);
 }
 
+/* Everything left in the pipe once every writer is closed. */
+static void read_pipe(int fd, char *buf, size_t size)
+{
+    size_t len = 0;
+
+    for (;;) {
+        ssize_t n = read(fd, buf + len, size - 1 - len);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        assert_true(n >= 0);
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    buf[len] = '\0';
+}
+
 static void test_write_same_file(void **state)
 {
     struct fake_clock clk = {0, 0, 0};
     int fds[2];
-    FILE *err, *out;
+    FILE *err, *out, *tmp;
     pmap_progress *bar;
-    char buf[512];
-    ssize_t n;
-    size_t len = 0;
+    char buf[512], *s;
 
     (void)state;
     /* Two FILEs on one pipe, as `prog 2>&1 | tee log`: results fully buffered. */
@@ -1515,22 +1531,44 @@ static void test_write_same_file(void **state)
     pmap_progress_free(bar);
     assert_int_equal(fclose(out), 0);
     assert_int_equal(fclose(err), 0);
-    for (;;) {
-        n = read(fds[0], buf + len, sizeof buf - 1 - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        assert_true(n >= 0);
-        if (n == 0)
-            break;
-        len += (size_t)n;
-    }
-    buf[len] = '\0';
+    read_pipe(fds[0], buf, sizeof buf);
     assert_int_equal(close(fds[0]), 0);
     /* Each text reached the pipe before the next bar line: whole lines, in order. */
     assert_string_equal(buf, "one\n"
                              "s: 11it [00:11, 1.00it/s]\n"
                              "two\n"
                              "s: 11it [00:11, 1.00it/s]\n");
+
+    /* A stream redirected onto the bar's file is seen as such after the next frame. */
+    assert_int_equal(pipe(fds), 0);
+    err = fdopen(fds[1], "w");
+    assert_non_null(err);
+    tmp = tmpfile();
+    assert_non_null(tmp);
+    out = fdopen(dup(fileno(tmp)), "w");
+    assert_non_null(out);
+    assert_int_equal(setvbuf(out, NULL, _IOFBF, 1 << 16), 0);
+    clk.t = 0;
+    bar = pmap__progress_new_with_clock(err, "r", 0, fake_now, &clk);
+    assert_non_null(bar);
+    assert_int_equal(pmap_progress_printf(bar, out, "a"), 2);
+    assert_int_equal(fflush(out), 0);
+    assert_true(dup2(fds[1], fileno(out)) >= 0);
+    clk.t = 11 * SEC;
+    pmap_progress_add(bar, 11);
+    assert_int_equal(pmap_progress_printf(bar, out, "b"), 2);
+    pmap_progress_free(bar);
+    assert_int_equal(fclose(out), 0);
+    assert_int_equal(fclose(err), 0);
+    read_pipe(fds[0], buf, sizeof buf);
+    assert_int_equal(close(fds[0]), 0);
+    assert_string_equal(buf, "r: 11it [00:11, 1.00it/s]\n"
+                             "b\n"
+                             "r: 11it [00:11, 1.00it/s]\n");
+    s = slurp(tmp);
+    assert_string_equal(s, "a\n");
+    free(s);
+    assert_int_equal(fclose(tmp), 0);
 }
 
 static void test_write_tty(void **state)
