@@ -61,9 +61,9 @@
 #define WRITE_RETRIES 10000
 
 /*
- * Bytes beyond the description and the postfix that one frame may need: '\r', the rendered
- * line (at most 4 bytes per column, plus the fixed fields), padding over the
- * previous frame, '\n' and the NUL.
+ * Bytes beyond the description and the postfix that one frame may need: '\r',
+ * the rendered line (at most 4 bytes per column, plus the fixed fields),
+ * padding over the previous frame, '\n' and the NUL.
  */
 #define LINE_SLACK (6u * PMAP__PROGRESS_MAX_COLUMNS + 1024u)
 
