@@ -104,13 +104,14 @@ int main(void)
 
         pmap_progress_add(bar, 1);
         if (item.status != PMAP_OK) {
-            fprintf(stderr, "item %llu: %s (code %d)\n", (unsigned long long)item.index,
-                    pmap_strerror(item.status), item.code);
+            pmap_progress_printf(bar, stderr, "item %llu: %s (code %d)\n",
+                                 (unsigned long long)item.index, pmap_strerror(item.status),
+                                 item.code);
             failed = 1;
             continue;
         }
         memcpy(&result, item.data, sizeof result);
-        printf("%d\n", result); /* print(result) */
+        pmap_progress_printf(bar, stdout, "%d\n", result); /* tqdm.write(str(result)) */
     }
     pmap_progress_free(bar);
     if (rc != PMAP_DONE) {

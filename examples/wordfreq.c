@@ -263,16 +263,18 @@ int main(int argc, char **argv)
 
         pmap_progress_add(bar, 1);
         if (item.status == PMAP_ETASK) {
-            printf("%s: error: %s\n", name, strerror(item.code));
+            pmap_progress_printf(bar, stdout, "%s: error: %s\n", name, strerror(item.code));
             failed = 1;
         } else if (item.status != PMAP_OK) {
-            printf("%s: error: %s (code %d)\n", name, pmap_strerror(item.status), item.code);
+            pmap_progress_printf(bar, stdout, "%s: error: %s (code %d)\n", name,
+                                 pmap_strerror(item.status), item.code);
             failed = 1;
         } else if (merge(&all, item.data, item.len, &total, &distinct) != 0) {
-            printf("%s: error: malformed result\n", name);
+            pmap_progress_printf(bar, stdout, "%s: error: malformed result\n", name);
             failed = 1;
         } else {
-            printf("%s: %lu words, %zu distinct\n", name, total, distinct);
+            pmap_progress_printf(bar, stdout, "%s: %lu words, %zu distinct\n", name, total,
+                                 distinct);
             words += total;
         }
     }

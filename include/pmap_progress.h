@@ -2,59 +2,66 @@
  * libpmap progress unit: a tqdm-style progress bar for any loop.
  *
  * This library stands alone: it neither includes nor links the pool, and the
- * pool does not use it. Wrap any loop:
+ * pool does not use it. Wrap any loop, and print results through the bar so
+ * that they appear above it, never inside it (tqdm.write):
  *
  *     pmap_progress *bar = pmap_progress_new(stderr, "sum", n);
  *     while (... next result ...) {
- *         ...
  *         pmap_progress_add(bar, 1);
+ *         pmap_progress_printf(bar, stdout, "%d\n", result);
  *     }
  *     pmap_progress_free(bar);
  *
- * A NULL bar is a valid "no bar": every function accepts it and does nothing,
- * so a quiet mode is `bar = quiet ? NULL : pmap_progress_new(...)`, and a
- * failed pmap_progress_new() needs no special handling.
+ * A NULL bar is a valid "no bar": every function accepts it, and
+ * pmap_progress_printf() still prints, so a quiet mode is
+ * `bar = quiet ? NULL : pmap_progress_new(...)`, and a failed
+ * pmap_progress_new() needs no special handling.
  *
  * What it shows
  * -------------
  * tqdm's layout. With a known total:
  *
- *     desc: 42%|████▏     | 42/100 [00:04<00:05, 10.00it/s]
+ *     desc:  42%|████▏     | 42/100 [00:04<00:05, 10.00it/s, loss=0.31]
  *
- * percentage (rounded down, so 100% means done), a bar with 1/8-cell
- * resolution, count/total, elapsed<remaining, rate. With an unknown total
- * (0):
+ * percentage (three columns, rounded down, so 100% means done), a bar with
+ * 1/8-cell resolution, count/total, elapsed<remaining, rate, and the postfix
+ * if one is set (pmap_progress_set_postfix()). With an unknown total (0):
  *
- *     desc: 42it [00:04, 10.00it/s]
+ *     desc: 42it [00:04, 10.00it/s, loss=0.31]
  *
  * Without a description (NULL or "") the line starts at the percentage or the
  * count. Times are MM:SS, or H:MM:SS from one hour on; an unknown remaining
- * time is `?`, an unknown rate `?it/s`. A rate below 1 per second is shown
- * inverted, `2.00s/it`. While running, the rate is an exponential moving
- * average (time constant about 3 s); the final line shows the average over
- * the whole run. A count beyond the total is shown as it is (`150/100`) with
- * the percentage and the bar held at 100%.
+ * time is `?`, an unknown rate `?it/s` (only while nothing is counted or no
+ * time has passed). A rate below 1 per second is shown inverted, `2.00s/it`.
+ * While running, the rate is an exponential moving average (time constant
+ * about 3 s; before its first sample, 50 ms in, the average so far); the
+ * final line shows the average over the whole run. A count beyond the total
+ * is shown as it is (`150/100`) with the percentage and the bar held at 100%.
  *
  * The bar uses the Unicode blocks ▏▎▍▌▋▊▉█ when the locale is UTF-8 (the
  * codeset of the current locale, or LC_ALL / LC_CTYPE / LANG, whichever is
  * the first set, naming UTF-8 or utf8 in any case: the host need not call
- * setlocale), and `#` otherwise. Control characters in the description are
- * shown as spaces.
+ * setlocale), and `#` otherwise. Control characters in the description, the
+ * unit and the postfix are shown as spaces.
  *
  * Where it shows it
  * -----------------
  * The mode is chosen once, in pmap_progress_new(), from isatty() on the
  * descriptor behind the FILE.
  *
- * On a terminal, the bar is drawn at once and then redrawn in place: each
- * frame starts with '\r' and is padded with spaces over the rest of the
- * previous frame. A frame is at most (terminal columns - 1) wide, the last
- * column left free so no terminal ever wraps it; the width is read at each
- * redraw (TIOCGWINSZ on that descriptor, else the COLUMNS environment
- * variable, else 80), and the bar shrinks, then disappears, then the line is
- * cut, to fit. Redraws happen at most every 0.1 s (see
- * pmap_progress_set_min_interval()) plus once when the count first reaches
- * the total, so a tight loop of millions of updates writes a few kilobytes.
+ * On a terminal, the first frame is drawn by the first pmap_progress_add()
+ * (pmap_progress_add(bar, 0) shows 0% at once), never by pmap_progress_new(),
+ * so settings made right after creation (unit, description, postfix) hold for
+ * every frame. From then on the bar is redrawn in place: each frame starts
+ * with '\r' and is padded with spaces over the rest of the previous frame. A
+ * frame is at most (terminal columns - 1) wide, the last column left free so
+ * no terminal ever wraps it; the width is read at each redraw (TIOCGWINSZ on
+ * that descriptor, else the COLUMNS environment variable, else 80), and the
+ * bar shrinks, then disappears, then the line is cut, to fit. Redraws happen
+ * at most every 0.1 s (see pmap_progress_set_min_interval()) plus once when
+ * the count first reaches the total, so a tight loop of millions of updates
+ * writes a few kilobytes; pmap_progress_printf() adds one frame per call,
+ * below its text.
  *
  * Anywhere else (a file, a pipe, a CI log), nothing is written until 10 s
  * have passed; from then on one whole line, ending in '\n' and never holding
@@ -80,8 +87,10 @@
  * write fails (a pipe whose reader has gone, a full disk), the bar disables
  * itself silently and keeps counting (a full non-blocking descriptor only
  * costs that one frame); the FILE's error indicator is cleared again if it
- * was clear before. errno is preserved by every function except
- * a failing pmap_progress_new().
+ * was clear before. errno is preserved by every function that succeeds; the
+ * ones that can fail set it when they do. The text of pmap_progress_printf()
+ * is the host's own output, not the bar's: it is written as fprintf() would
+ * write it, SIGPIPE included.
  *
  * Threads: a bar may be used from one thread at a time (any thread). Writes
  * to the FILE take stdio's own lock, so other threads may keep using it.
@@ -89,6 +98,7 @@
 #ifndef PMAP_PROGRESS_H
 #define PMAP_PROGRESS_H
 
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -104,6 +114,12 @@ extern "C" {
 #define PMAP_PROGRESS_API
 #endif
 
+#if defined(__GNUC__)
+#define PMAP_PROGRESS_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#else
+#define PMAP_PROGRESS_PRINTF(fmt, args)
+#endif
+
 /** An opaque progress bar, created by pmap_progress_new(). */
 typedef struct pmap_progress pmap_progress;
 
@@ -113,8 +129,8 @@ typedef struct pmap_progress pmap_progress;
  * `desc` is a label shown before the bar (NULL or "" for none); it is copied,
  * so the caller's string need not outlive the call. `total` is the count that
  * means done, or 0 when unknown. `out` is borrowed: it must stay open until
- * pmap_progress_free(), which does not close it. On a terminal the first frame
- * (0%) is drawn before returning; elsewhere nothing is written yet.
+ * pmap_progress_free(), which does not close it. Nothing is written yet, on a
+ * terminal or elsewhere: the first frame waits for pmap_progress_add().
  *
  * Returns the bar, or NULL with errno set: EINVAL when `out` is NULL, ENOMEM
  * when out of memory.
@@ -123,9 +139,9 @@ PMAP_PROGRESS_API pmap_progress *pmap_progress_new(FILE *out, const char *desc, 
 
 /**
  * Count `n` more units of work done (n may be 0, and the count may go beyond
- * the total). Redraws when one is due, see the introduction; otherwise costs
- * a few nanoseconds and makes no system call. The count saturates at
- * UINT64_MAX. A NULL bar does nothing.
+ * the total). Redraws when one is due, see the introduction (on a terminal,
+ * the first call always draws); otherwise costs a few nanoseconds and makes
+ * no system call. The count saturates at UINT64_MAX. A NULL bar does nothing.
  */
 PMAP_PROGRESS_API void pmap_progress_add(pmap_progress *bar, uint64_t n);
 
@@ -167,6 +183,77 @@ PMAP_PROGRESS_API void pmap_progress_set_unit_scale(pmap_progress *bar, int enab
  * is ignored; values above 1e9 are taken as 1e9. A NULL bar does nothing.
  */
 PMAP_PROGRESS_API void pmap_progress_set_min_interval(pmap_progress *bar, double seconds);
+
+/**
+ * Show `desc` before the bar from the next frame on (NULL or "": none), e.g.
+ * the name of the file being worked on; the string is copied. Like every
+ * setter, it draws nothing itself: the change shows at the next redraw, so a
+ * loop may call it for each unit of work. Returns 0, or -1 with errno ENOMEM
+ * (the old description kept). A NULL bar does nothing and returns 0.
+ */
+PMAP_PROGRESS_API int pmap_progress_set_description(pmap_progress *bar, const char *desc);
+
+/**
+ * Show a postfix after the rate, formatted at once as printf() does, from the
+ * next frame on: pmap_progress_set_postfix(bar, "loss=%.2f", loss) gives
+ * `... [00:01<00:02, 35.20it/s, loss=0.31]`. A NULL `fmt` (or a format that
+ * yields "") removes it. Draws nothing itself, see
+ * pmap_progress_set_description(). Returns 0, or -1 with errno set (ENOMEM,
+ * or EOVERFLOW from the formatting), the old postfix kept. A NULL bar does
+ * nothing and returns 0.
+ */
+PMAP_PROGRESS_API int pmap_progress_set_postfix(pmap_progress *bar, const char *fmt, ...)
+    PMAP_PROGRESS_PRINTF(2, 3);
+
+/**
+ * Print to `out` above the bar, as tqdm.write() does: the bar's line is
+ * erased, the text written, and the bar drawn again below it, so results and
+ * bar never mix on a terminal.
+ *
+ * The text is formatted as fprintf() does and written as whole lines: a '\n'
+ * is added when it does not end in one (so "%d" and "%d\n" print the same
+ * line). `out` may be the bar's own stream or another one, typically results
+ * on stdout while the bar is on stderr:
+ *
+ * - The bar is on a terminal and so is `out` (any terminal counts: stdout and
+ *   stderr of a shell are one): (1) the bar's frame is blanked with '\r' and
+ *   spaces and the bar's stream flushed, (2) the text is written to `out` and
+ *   `out` flushed, (3) the bar is redrawn (with the current count) and its
+ *   stream flushed. Each step is on the terminal before the next starts, so
+ *   the bytes never interleave. A bar not yet drawn is not drawn by this call.
+ * - The bar is not on a terminal and `out` is another FILE on the same file
+ *   (`>log 2>&1`): the text is written and `out` flushed, so the bar's
+ *   occasional whole lines fall between whole lines of text.
+ * - Otherwise (`out` a file or a pipe while the bar is on the terminal, or
+ *   the bar's own FILE in line mode, or a NULL or disabled bar): the text is
+ *   just written, buffered by `out` as fprintf() would.
+ *
+ * Which case applies is found with isatty() or fstat() on `out`, once for a
+ * stream and again after each frame the bar draws by itself (not at every
+ * call, which would cost a system call per line): a stream redirected in the
+ * meantime (freopen(), dup2()) is placed by its new kind from the next frame
+ * on. The call costs about what fprintf() costs, plus the three steps above
+ * when they apply.
+ *
+ * Returns the number of bytes written to `out` (the added '\n' included), or
+ * -1 with errno set: EINVAL when `out` or `fmt` is NULL, ENOMEM, EOVERFLOW,
+ * or the error of the failed write or flush (the stream's error indicator
+ * then set, as fprintf() leaves it). The bar itself is affected only by
+ * failures of its own stream, as always. errno is preserved on success.
+ */
+PMAP_PROGRESS_API int pmap_progress_printf(pmap_progress *bar, FILE *out, const char *fmt, ...)
+    PMAP_PROGRESS_PRINTF(3, 4);
+
+/** pmap_progress_printf() with a va_list, for wrappers of their own. `ap` is consumed. */
+PMAP_PROGRESS_API int pmap_progress_vprintf(pmap_progress *bar, FILE *out, const char *fmt,
+                                            va_list ap) PMAP_PROGRESS_PRINTF(3, 0);
+
+/**
+ * pmap_progress_printf(bar, out, "%s", text): `text` written as it is (no
+ * format), completed to whole lines. Same placement, return and errors
+ * (EINVAL when `out` or `text` is NULL).
+ */
+PMAP_PROGRESS_API int pmap_progress_write(pmap_progress *bar, FILE *out, const char *text);
 
 #ifdef __cplusplus
 }

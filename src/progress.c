@@ -13,12 +13,15 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <langinfo.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,11 +61,21 @@
 #define WRITE_RETRIES 10000
 
 /*
- * Bytes beyond the description that one frame may need: '\r', the rendered
- * line (at most 4 bytes per column, plus the fixed fields), padding over the
- * previous frame, '\n' and the NUL.
+ * Bytes beyond the description and the postfix that one frame may need: '\r',
+ * the rendered line (at most 4 bytes per column, plus the fixed fields),
+ * padding over the previous frame, '\n' and the NUL.
  */
 #define LINE_SLACK (6u * PMAP__PROGRESS_MAX_COLUMNS + 1024u)
+
+/* How text written to another stream must be placed around the bar's output. */
+enum share { SHARE_NONE, SHARE_FILE, SHARE_TERMINAL };
+
+/* A string the caller may replace while the bar runs: grows, never shrinks. */
+struct text {
+    char *s; /* NUL-terminated; NULL until first set */
+    size_t len;
+    size_t cap;
+};
 
 struct pmap_progress {
     /* pmap_progress_add() touches only these two. */
@@ -79,6 +92,7 @@ struct pmap_progress {
     int unit_scale;
     int failed;
     int done_drawn;
+    int visible; /* a frame stands on the terminal line, to be redrawn or erased */
     uint64_t interval_ns;
     uint64_t start_ns;
     uint64_t last_check_ns;
@@ -90,9 +104,16 @@ struct pmap_progress {
     size_t last_cols;
     pmap__progress_clock_fn now;
     void *now_ctx;
-    char *desc;
+    struct text desc;
+    struct text postfix;
     char *line;
-    size_t line_size;
+    size_t line_size; /* LINE_SLACK beyond the capacities of desc and postfix */
+    int have_id;      /* dev and ino identify the file behind fd */
+    dev_t dev;
+    ino_t ino;
+    FILE *seen_out; /* the last other stream of pmap_progress_printf(); NULL: none */
+    int seen_fd;    /* its descriptor then */
+    enum share seen_share;
     char unit[UNIT_SIZE];
 };
 
@@ -175,6 +196,86 @@ static void sanitize(char *s)
         if (c < 0x20 || c == 0x7f)
             *s = ' ';
     }
+}
+
+/*
+ * Replace t's string with src[0 .. len), control characters blanked. The line
+ * buffer grows with it, so a frame always fits. Returns 0, or -1 (out of
+ * memory, or a length beyond any allocation) with bar and t unchanged; a
+ * shorter string never allocates.
+ */
+static int text_set(struct pmap_progress *bar, struct text *t, const char *src, size_t len)
+{
+    const struct text *other = t == &bar->desc ? &bar->postfix : &bar->desc;
+
+    if (len == 0 && t->s == NULL)
+        return 0;
+    if (len >= t->cap) {
+        size_t cap = t->cap > 0 ? t->cap : 64;
+        char *p;
+
+        while (cap <= len) {
+            if (cap > SIZE_MAX / 2)
+                return -1;
+            cap *= 2;
+        }
+        if (cap > SIZE_MAX - LINE_SLACK - other->cap)
+            return -1;
+        if (cap + other->cap + LINE_SLACK > bar->line_size) {
+            p = realloc(bar->line, cap + other->cap + LINE_SLACK);
+            if (p == NULL)
+                return -1;
+            bar->line = p;
+            bar->line_size = cap + other->cap + LINE_SLACK;
+        }
+        p = realloc(t->s, cap);
+        if (p == NULL)
+            return -1;
+        t->s = p;
+        t->cap = cap;
+    }
+    if (len > 0)
+        memcpy(t->s, src, len);
+    t->s[len] = '\0';
+    t->len = len;
+    sanitize(t->s);
+    return 0;
+}
+
+/*
+ * Format into stack[0 .. size) when it fits, else into a new allocation (the
+ * caller frees it when it is not `stack`). Returns the text with its length
+ * in *len, or NULL with errno set (EOVERFLOW from vsnprintf, ENOMEM).
+ */
+static char *vformat(char *stack, size_t size, size_t *len, const char *fmt, va_list ap)
+{
+    va_list again;
+    char *heap;
+    int n;
+
+    va_copy(again, ap);
+    errno = 0;
+    n = vsnprintf(stack, size, fmt, again);
+    va_end(again);
+    if (n < 0) {
+        if (errno == 0)
+            errno = EOVERFLOW;
+        return NULL;
+    }
+    *len = (size_t)n;
+    if ((size_t)n < size)
+        return stack;
+    heap = malloc((size_t)n + 1);
+    if (heap == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (vsnprintf(heap, (size_t)n + 1, fmt, ap) != n) {
+        free(heap);
+        errno = EOVERFLOW;
+        return NULL;
+    }
+    return heap;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -367,12 +468,23 @@ static void format_remaining(char *buf, size_t size, const struct pmap__progress
     pmap__progress_format_time(buf, size, left <= REMAINING_MAX_S ? left : -1);
 }
 
+/* ", postfix" before the closing bracket, as tqdm places it; nothing without one. */
+static void put_postfix(struct sink *out, const char *postfix)
+{
+    if (postfix != NULL && postfix[0] != '\0') {
+        sink_str(out, ", ");
+        sink_str(out, postfix);
+    }
+    sink_str(out, "]");
+}
+
 size_t pmap__progress_render(char *buf, size_t size, const struct pmap__progress_view *v)
 {
     struct sink out;
     char count[32], total[32], elapsed[32], remaining[32], rate[128], pct[8], right[256];
     const char *unit = v->unit != NULL && v->unit[0] != '\0' ? v->unit : "it";
     size_t desc_len = v->desc != NULL ? strlen(v->desc) : 0;
+    size_t post_len = v->postfix != NULL ? strlen(v->postfix) : 0;
     size_t left_cols, right_cols, cells = PLAIN_BAR_CELLS;
 
     sink_init(&out, buf, size);
@@ -391,20 +503,23 @@ size_t pmap__progress_render(char *buf, size_t size, const struct pmap__progress
         sink_str(&out, elapsed);
         sink_str(&out, ", ");
         sink_str(&out, rate);
-        sink_str(&out, "]");
+        put_postfix(&out, v->postfix);
     } else {
         format_count(total, sizeof total, v->total, v->unit_scale);
         format_remaining(remaining, sizeof remaining, v);
-        if (snprintf(pct, sizeof pct, "%u%%", percent(v->count, v->total)) < 0)
+        /* Three columns, as tqdm's "{percentage:3.0f}%": the bar does not move as it fills. */
+        if (snprintf(pct, sizeof pct, "%3u%%", percent(v->count, v->total)) < 0)
             pct[0] = '\0';
-        if (snprintf(right, sizeof right, " %s/%s [%s<%s, %s]", count, total, elapsed, remaining,
+        if (snprintf(right, sizeof right, " %s/%s [%s<%s, %s", count, total, elapsed, remaining,
                      rate) < 0)
             right[0] = '\0';
 
         /* The bar takes whatever the terminal has left, or goes. */
         left_cols =
             (desc_len > 0 ? pmap__progress_columns(v->desc, desc_len) + 2 : 0) + strlen(pct);
-        right_cols = pmap__progress_columns(right, strlen(right));
+        right_cols = pmap__progress_columns(right, strlen(right)) + 1;
+        if (post_len > 0)
+            right_cols += 2 + pmap__progress_columns(v->postfix, post_len);
         if (v->width > 0) {
             if (left_cols + 2 + right_cols < v->width)
                 cells = v->width - left_cols - 2 - right_cols;
@@ -418,6 +533,7 @@ size_t pmap__progress_render(char *buf, size_t size, const struct pmap__progress
             sink_str(&out, "|");
         }
         sink_str(&out, right);
+        put_postfix(&out, v->postfix);
     }
     if (v->width > 0 && out.len > 0)
         out.len = cut_columns(out.buf, out.len, v->width);
@@ -523,7 +639,42 @@ static uint64_t monotonic_ns(void *ctx)
 /* ------------------------------------------------------------------------ */
 
 /*
- * Hand p[0 .. len) to the FILE as one write and flush it, with SIGPIPE
+ * fwrite() p[0 .. len) to f, then fflush() f if `flush`, retrying after
+ * EINTR (a host timer without SA_RESTART) as long as bytes keep moving.
+ * Returns 0, or the errno value of the failure (EIO when stdio set none).
+ */
+static int put(FILE *f, const char *p, size_t len, int flush)
+{
+    size_t off = 0;
+    int tries = 0;
+
+    while (off < len) {
+        size_t n;
+
+        errno = 0;
+        n = fwrite(p + off, 1, len - off, f);
+        off += n;
+        if (off < len) {
+            if (n > 0)
+                tries = 0;
+            if (errno == EINTR && ++tries < WRITE_RETRIES)
+                continue;
+            return errno != 0 ? errno : EIO;
+        }
+    }
+    while (flush) {
+        errno = 0;
+        if (fflush(f) == 0)
+            break;
+        if (errno == EINTR && ++tries < WRITE_RETRIES)
+            continue;
+        return errno != 0 ? errno : EIO;
+    }
+    return 0;
+}
+
+/*
+ * Hand p[0 .. len) to the bar's FILE as one write and flush it, with SIGPIPE
  * blocked in this thread. A SIGPIPE raised by this write is consumed before
  * the mask is restored; one the host already had pending stays pending.
  * Returns 0, or -1 when the bar should give up (a slow non-blocking reader
@@ -533,8 +684,7 @@ static int emit(struct pmap_progress *bar, const char *p, size_t len)
 {
     static const struct timespec zero = {0, 0};
     sigset_t pipe_set, old, pending;
-    int was_pending = 1, had_err, err = 0, tries = 0;
-    size_t off = 0;
+    int was_pending = 1, had_err, err;
 
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
@@ -544,29 +694,7 @@ static int emit(struct pmap_progress *bar, const char *p, size_t len)
         was_pending = sigismember(&pending, SIGPIPE) == 1;
     had_err = ferror(bar->out);
 
-    while (off < len) {
-        size_t n;
-
-        errno = 0;
-        n = fwrite(p + off, 1, len - off, bar->out);
-        off += n;
-        if (off < len) {
-            if (n > 0)
-                tries = 0;
-            if (errno == EINTR && ++tries < WRITE_RETRIES)
-                continue;
-            err = errno != 0 ? errno : EIO;
-            break;
-        }
-    }
-    while (err == 0) {
-        errno = 0;
-        if (fflush(bar->out) == 0)
-            break;
-        if (errno == EINTR && ++tries < WRITE_RETRIES)
-            continue;
-        err = errno != 0 ? errno : EIO;
-    }
+    err = put(bar->out, p, len, 1);
 
     if (err == EPIPE && !was_pending) {
         int rc;
@@ -593,15 +721,21 @@ static void draw(struct pmap_progress *bar, uint64_t now, int final)
     size_t len = 0, n, cols, pad_to;
     double elapsed = (double)(now - bar->start_ns) / NS_PER_S;
 
-    v.desc = bar->desc;
+    v.desc = bar->desc.s;
+    v.postfix = bar->postfix.s;
     v.unit = bar->unit;
     v.count = bar->count;
     v.total = bar->total;
     v.elapsed = elapsed;
-    if (final)
-        v.rate = elapsed > 0 ? (double)bar->count / elapsed : 0;
+    /*
+     * Until the average has its first sample (50 ms), the rate over the run so
+     * far is the best estimate there is: a frame drawn early, such as the one
+     * at 100% of a quick run, then shows a rate, not "?".
+     */
+    if (!final && bar->ema_t > 0)
+        v.rate = bar->ema_n / bar->ema_t;
     else
-        v.rate = bar->ema_t > 0 ? bar->ema_n / bar->ema_t : 0;
+        v.rate = elapsed > 0 ? (double)bar->count / elapsed : 0;
     v.utf8 = bar->utf8;
     v.unit_scale = bar->unit_scale;
     v.width = 0;
@@ -625,6 +759,7 @@ static void draw(struct pmap_progress *bar, uint64_t now, int final)
             len += pad_to - cols;
         }
         bar->last_cols = cols;
+        bar->visible = !final;
         if (bar->total > 0 && bar->count >= bar->total)
             bar->done_drawn = 1;
     }
@@ -699,7 +834,7 @@ static void arm(struct pmap_progress *bar)
 
 static PMAP__COLD void tick(struct pmap_progress *bar)
 {
-    int saved = errno;
+    int saved = errno, due;
     uint64_t now;
 
     if (bar->failed) {
@@ -710,11 +845,117 @@ static PMAP__COLD void tick(struct pmap_progress *bar)
     now = read_clock(bar);
     adapt(bar, now);
     sample(bar, now);
-    if (now - bar->last_draw_ns >= bar->interval_ns ||
-        (bar->tty && bar->total > 0 && bar->count >= bar->total && !bar->done_drawn))
+    due = now - bar->last_draw_ns >= bar->interval_ns;
+    if (bar->tty) {
+        /* The first add draws at once: the bar appears with the first unit. */
+        due = due || !bar->visible;
+        due = due || (bar->total > 0 && bar->count >= bar->total && !bar->done_drawn);
+    }
+    if (due) {
         draw(bar, now, 0);
+        bar->seen_out = NULL; /* look again: the stream may have been redirected */
+    }
     arm(bar);
     errno = saved;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Text above the bar                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* Blank the frame standing on the terminal line and return to its start. */
+static void erase(struct pmap_progress *bar)
+{
+    unsigned term = terminal_columns(bar);
+    size_t len = 0, n = bar->last_cols;
+
+    /* A terminal narrowed since then: more blanks would wrap to a new line. */
+    if (term > 1 && n > term - 1)
+        n = term - 1;
+    bar->line[len++] = '\r';
+    memset(bar->line + len, ' ', n);
+    len += n;
+    bar->line[len++] = '\r';
+    if (emit(bar, bar->line, len) != 0)
+        bar->failed = 1;
+    bar->visible = 0;
+    bar->last_cols = 0;
+}
+
+static enum share sharing(struct pmap_progress *bar, FILE *out)
+{
+    enum share mode = SHARE_NONE;
+    struct stat st;
+    int fd;
+
+    if (bar == NULL || bar->failed)
+        return SHARE_NONE;
+    /* One FILE keeps its own order; two FILEs on one file (2>&1) do not. */
+    if (out == bar->out)
+        return bar->tty ? SHARE_TERMINAL : SHARE_NONE;
+    fd = fileno(out);
+    if (fd < 0)
+        return SHARE_NONE;
+    /*
+     * isatty() or fstat() is a system call, the cost of a whole line of
+     * buffered output many times over: the answer for this stream holds until
+     * the next periodic frame, which asks again.
+     */
+    if (out == bar->seen_out && fd == bar->seen_fd)
+        return bar->seen_share;
+    if (bar->tty) {
+        /*
+         * Any terminal counts as the bar's (as tqdm treats stdout and stderr):
+         * a terminal reached by two names (/dev/tty, /dev/pts/N) has two
+         * inodes, and one wrongly taken as shared costs one frame.
+         */
+        if (isatty(fd) == 1)
+            mode = SHARE_TERMINAL;
+    } else if (bar->have_id && fstat(fd, &st) == 0 && st.st_dev == bar->dev &&
+               st.st_ino == bar->ino) {
+        mode = SHARE_FILE;
+    }
+    bar->seen_out = out;
+    bar->seen_fd = fd;
+    bar->seen_share = mode;
+    return mode;
+}
+
+/*
+ * Write text[0 .. len) to out as whole lines (a '\n' added when it does not
+ * end in one), above the bar when they share a terminal. Returns the bytes
+ * written, or -1 with errno set.
+ */
+static int write_text(struct pmap_progress *bar, FILE *out, const char *text, size_t len)
+{
+    enum share mode = sharing(bar, out);
+    int shown = mode == SHARE_TERMINAL && bar->visible;
+    int add_nl = len == 0 || text[len - 1] != '\n';
+    int had_err, err;
+
+    if (len > (size_t)INT_MAX - 1) {
+        errno = EOVERFLOW;
+        return -1;
+    }
+    /* Each step is flushed before the next begins: the terminal gets them in order. */
+    if (shown)
+        erase(bar);
+    had_err = ferror(out);
+    err = put(out, text, len, 0);
+    if (err == 0 && add_nl)
+        err = put(out, "\n", 1, 0);
+    if (err == 0 && mode != SHARE_NONE)
+        err = put(out, NULL, 0, 1);
+    /* An EINTR that was retried away is no error of the host's stream. */
+    if (err == 0 && !had_err && ferror(out) && !feof(out))
+        clearerr(out);
+    if (shown && !bar->failed)
+        draw(bar, read_clock(bar), 0);
+    if (err != 0) {
+        errno = err;
+        return -1;
+    }
+    return (int)len + add_nl;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -725,34 +966,33 @@ pmap_progress *pmap__progress_new_with_clock(FILE *out, const char *desc, uint64
                                              pmap__progress_clock_fn now, void *ctx)
 {
     struct pmap_progress *bar = NULL;
-    size_t desc_len;
+    struct stat st;
     int saved = errno;
 
     if (out == NULL || now == NULL) {
         errno = EINVAL;
         return NULL;
     }
-    desc_len = desc != NULL ? strlen(desc) : 0;
-    if (desc_len > SIZE_MAX - LINE_SLACK)
-        goto nomem;
     bar = calloc(1, sizeof *bar);
     if (bar == NULL)
         goto nomem;
-    bar->desc = malloc(desc_len + 1);
-    bar->line_size = desc_len + LINE_SLACK;
+    bar->line_size = LINE_SLACK;
     bar->line = malloc(bar->line_size);
-    if (bar->desc == NULL || bar->line == NULL)
+    if (bar->line == NULL)
         goto nomem;
-    if (desc_len > 0)
-        memcpy(bar->desc, desc, desc_len);
-    bar->desc[desc_len] = '\0';
-    sanitize(bar->desc);
+    if (desc != NULL && text_set(bar, &bar->desc, desc, strlen(desc)) != 0)
+        goto nomem;
     memcpy(bar->unit, "it", 3);
 
     bar->out = out;
     bar->total = total;
     bar->fd = fileno(out);
     bar->tty = bar->fd >= 0 && isatty(bar->fd) == 1;
+    if (bar->fd >= 0 && fstat(bar->fd, &st) == 0) {
+        bar->have_id = 1;
+        bar->dev = st.st_dev;
+        bar->ino = st.st_ino;
+    }
     bar->utf8 = pmap__progress_locale_utf8();
     bar->interval_ns = bar->tty ? TTY_INTERVAL_NS : LINE_INTERVAL_NS;
     bar->now = now;
@@ -763,15 +1003,18 @@ pmap_progress *pmap__progress_new_with_clock(FILE *out, const char *desc, uint64
     bar->last_draw_ns = bar->start_ns;
     bar->stride = 1;
     bar->armed = 1;
+    /*
+     * Nothing is drawn yet: the caller may still set the unit, the
+     * description or the postfix, and every frame should show them. The first
+     * pmap_progress_add() (countdown 1) draws.
+     */
     bar->countdown = 1;
-    if (bar->tty)
-        draw(bar, bar->start_ns, 0);
     errno = saved;
     return bar;
 
 nomem:
     if (bar != NULL) {
-        free(bar->desc);
+        free(bar->desc.s);
         free(bar->line);
         free(bar);
     }
@@ -804,7 +1047,8 @@ void pmap_progress_free(pmap_progress *bar)
     saved = errno;
     if (!bar->failed)
         draw(bar, read_clock(bar), 1);
-    free(bar->desc);
+    free(bar->desc.s);
+    free(bar->postfix.s);
     free(bar->line);
     free(bar);
     errno = saved;
@@ -851,6 +1095,97 @@ void pmap_progress_set_min_interval(pmap_progress *bar, double seconds)
     if (seconds > 1e9)
         seconds = 1e9;
     bar->interval_ns = (uint64_t)(seconds * NS_PER_S);
+}
+
+int pmap_progress_set_description(pmap_progress *bar, const char *desc)
+{
+    int saved;
+
+    if (bar == NULL)
+        return 0;
+    saved = errno;
+    if (desc == NULL)
+        desc = "";
+    if (text_set(bar, &bar->desc, desc, strlen(desc)) != 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    errno = saved;
+    return 0;
+}
+
+int pmap_progress_set_postfix(pmap_progress *bar, const char *fmt, ...)
+{
+    char stack[256], *text;
+    size_t len = 0;
+    va_list ap;
+    int saved, rc;
+
+    if (bar == NULL)
+        return 0;
+    if (fmt == NULL)
+        return text_set(bar, &bar->postfix, "", 0);
+    saved = errno;
+    va_start(ap, fmt);
+    text = vformat(stack, sizeof stack, &len, fmt, ap);
+    va_end(ap);
+    if (text == NULL)
+        return -1;
+    rc = text_set(bar, &bar->postfix, text, len);
+    if (text != stack)
+        free(text);
+    if (rc != 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    errno = saved;
+    return 0;
+}
+
+int pmap_progress_write(pmap_progress *bar, FILE *out, const char *text)
+{
+    int saved = errno, rc;
+
+    if (out == NULL || text == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    rc = write_text(bar, out, text, strlen(text));
+    if (rc >= 0)
+        errno = saved;
+    return rc;
+}
+
+int pmap_progress_vprintf(pmap_progress *bar, FILE *out, const char *fmt, va_list ap)
+{
+    char stack[512], *text;
+    size_t len = 0;
+    int saved = errno, rc;
+
+    if (out == NULL || fmt == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    text = vformat(stack, sizeof stack, &len, fmt, ap);
+    if (text == NULL)
+        return -1;
+    rc = write_text(bar, out, text, len);
+    if (text != stack)
+        free(text);
+    if (rc >= 0)
+        errno = saved;
+    return rc;
+}
+
+int pmap_progress_printf(pmap_progress *bar, FILE *out, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+
+    va_start(ap, fmt);
+    rc = pmap_progress_vprintf(bar, out, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */

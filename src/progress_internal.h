@@ -22,8 +22,9 @@
 
 /* Everything one rendered line depends on. */
 struct pmap__progress_view {
-    const char *desc; /* NULL or "": no "desc: " prefix */
-    const char *unit; /* NULL or "": "it" */
+    const char *desc;    /* NULL or "": no "desc: " prefix */
+    const char *unit;    /* NULL or "": "it" */
+    const char *postfix; /* NULL or "": none; else ", postfix" before the closing ']' */
     uint64_t count;
     uint64_t total; /* 0: unknown */
     double elapsed; /* seconds */

@@ -19,7 +19,9 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #if defined(__linux__)
 #include <pty.h>
 #else
@@ -152,6 +154,11 @@ static int ends_with(const char *s, const char *suffix)
     size_t a = strlen(s), b = strlen(suffix);
 
     return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+static int starts_with(const char *s, const char *prefix)
+{
+    return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
 static int sigpipe_blocked(void)
@@ -311,27 +318,27 @@ static void test_render_known_total(void **state)
 
     (void)state;
     /* 58 left at 35.2/s is 1.6 s. */
-    check_render(&v, "desc: 42%|" FULL FULL FULL FULL E1 "     | 42/100 [00:01<00:01, 35.20it/s]");
+    check_render(&v, "desc:  42%|" FULL FULL FULL FULL E1 "     | 42/100 [00:01<00:01, 35.20it/s]");
     v.utf8 = 0;
-    check_render(&v, "desc: 42%|####      | 42/100 [00:01<00:01, 35.20it/s]");
+    check_render(&v, "desc:  42%|####      | 42/100 [00:01<00:01, 35.20it/s]");
     v.desc = NULL;
-    check_render(&v, "42%|####      | 42/100 [00:01<00:01, 35.20it/s]");
+    check_render(&v, " 42%|####      | 42/100 [00:01<00:01, 35.20it/s]");
     v.desc = "";
-    check_render(&v, "42%|####      | 42/100 [00:01<00:01, 35.20it/s]");
+    check_render(&v, " 42%|####      | 42/100 [00:01<00:01, 35.20it/s]");
 
     /* Start: rate and remaining time unknown. */
     v = view(NULL, 0, 100, 0, 0, 0);
-    check_render(&v, "0%|          | 0/100 [00:00<?, ?it/s]");
+    check_render(&v, "  0%|          | 0/100 [00:00<?, ?it/s]");
 
     /* Below one per second, and over an hour to go. */
     v = view("slow", 1, 5000, 2, 0.5, 0);
     v.utf8 = 0;
-    check_render(&v, "slow: 0%|          | 1/5000 [00:02<2:46:38, 2.00s/it]");
+    check_render(&v, "slow:   0%|          | 1/5000 [00:02<2:46:38, 2.00s/it]");
 
     /* Almost done is 99%, even where the arithmetic goes through doubles. */
     v = view(NULL, UINT64_MAX - 1, UINT64_MAX, 0, 0, 0);
     v.utf8 = 0;
-    check_render(&v, "99%|######### | 18446744073709551614/18446744073709551615 [00:00<?, ?it/s]");
+    check_render(&v, " 99%|######### | 18446744073709551614/18446744073709551615 [00:00<?, ?it/s]");
 
     /* Beyond the total: percentage and bar held at 100%, the real count shown. */
     v = view("x", 150, 100, 1.5, 35.2, 0);
@@ -341,7 +348,7 @@ static void test_render_known_total(void **state)
     /* SI prefixes. 1234567 of 2000000 is 61%, 49 eighths of 10 cells. */
     v = view(NULL, 1234567, 2000000, 1, 1234567, 0);
     v.unit_scale = 1;
-    check_render(&v, "61%|" FULL FULL FULL FULL FULL FULL E1
+    check_render(&v, " 61%|" FULL FULL FULL FULL FULL FULL E1
                      "   | 1.23M/2.00M [00:01<00:00, 1.23Mit/s]");
 }
 
@@ -374,12 +381,12 @@ static void test_render_width(void **state)
     v.width = 60;
     n = pmap__progress_render(buf, sizeof buf, &v);
     assert_int_equal(pmap__progress_columns(buf, n), 60);
-    assert_memory_equal(buf, "desc: 42%|" FULL, strlen("desc: 42%|" FULL));
+    assert_memory_equal(buf, "desc:  42%|" FULL, strlen("desc:  42%|" FULL));
     assert_true(ends_with(buf, "| 42/100 [00:01<00:01, 35.20it/s]"));
 
     /* Too narrow for a bar: it goes, then the line is cut. */
     v.width = 30;
-    check_render(&v, "desc: 42% 42/100 [00:01<00:01,");
+    check_render(&v, "desc:  42% 42/100 [00:01<00:01");
 
     /* A multi-byte description is cut between characters. */
     v.desc = "h\xc3\xa9llo";
@@ -409,12 +416,39 @@ static void test_render_small_buffer(void **state)
     size_t n;
 
     (void)state;
-    /* "d: 42%|" is 7 bytes; one 3-byte block fits, the second would not. */
+    /* "d:  42%|" is 8 bytes; one 3-byte block fits, the second would not. */
     n = pmap__progress_render(buf, sizeof buf, &v);
-    assert_int_equal(n, 10);
-    assert_string_equal(buf, "d: 42%|" FULL);
+    assert_int_equal(n, 11);
+    assert_string_equal(buf, "d:  42%|" FULL);
     assert_int_equal(pmap__progress_render(buf, 1, &v), 0);
     assert_string_equal(buf, "");
+}
+
+static void test_render_postfix(void **state)
+{
+    struct pmap__progress_view v = view("desc", 42, 100, 1.5, 35.2, 0);
+    char buf[4096];
+    size_t n;
+
+    (void)state;
+    v.postfix = "loss=0.31";
+    check_render(&v, "desc:  42%|" FULL FULL FULL FULL E1
+                     "     | 42/100 [00:01<00:01, 35.20it/s, loss=0.31]");
+    v.total = 0;
+    check_render(&v, "desc: 42it [00:01, 35.20it/s, loss=0.31]");
+    v.postfix = "";
+    check_render(&v, "desc: 42it [00:01, 35.20it/s]");
+
+    /* On a terminal the bar makes room for the postfix, then the line is cut. */
+    v.total = 100;
+    v.postfix = "loss=0.31";
+    v.width = 70;
+    n = pmap__progress_render(buf, sizeof buf, &v);
+    assert_int_equal(pmap__progress_columns(buf, n), 70);
+    assert_true(starts_with(buf, "desc:  42%|" FULL));
+    assert_true(ends_with(buf, "| 42/100 [00:01<00:01, 35.20it/s, loss=0.31]"));
+    v.width = 45;
+    check_render(&v, "desc:  42% 42/100 [00:01<00:01, 35.20it/s, lo");
 }
 
 static void test_columns(void **state)
@@ -484,7 +518,7 @@ static void test_file_known_total(void **state)
     (void)state;
     /* 42 in 4.2 s: 10/s on average, 58 left is 5.8 s. */
     s = run_file("desc", 100, 1, 42, 1, 100 * MS);
-    assert_string_equal(s, "desc: 42%|" FULL FULL FULL FULL E1
+    assert_string_equal(s, "desc:  42%|" FULL FULL FULL FULL E1
                            "     | 42/100 [00:04<00:05, 10.00it/s]\n");
     free(s);
 
@@ -530,10 +564,10 @@ static void test_file_line_mode(void **state)
     (void)state;
     /* One a second for 35 s: a line at 10, 20, 30 s (rate exactly 1/s), then the final. */
     s = run_file("x", 100, 0, 35, 1, 1 * SEC);
-    assert_string_equal(s, "x: 10%|#         | 10/100 [00:10<01:30, 1.00it/s]\n"
-                           "x: 20%|##        | 20/100 [00:20<01:20, 1.00it/s]\n"
-                           "x: 30%|###       | 30/100 [00:30<01:10, 1.00it/s]\n"
-                           "x: 35%|###       | 35/100 [00:35<01:05, 1.00it/s]\n");
+    assert_string_equal(s, "x:  10%|#         | 10/100 [00:10<01:30, 1.00it/s]\n"
+                           "x:  20%|##        | 20/100 [00:20<01:20, 1.00it/s]\n"
+                           "x:  30%|###       | 30/100 [00:30<01:10, 1.00it/s]\n"
+                           "x:  35%|###       | 35/100 [00:35<01:05, 1.00it/s]\n");
     assert_null(strchr(s, '\r'));
     free(s);
 }
@@ -661,7 +695,7 @@ static void test_file_setters(void **state)
     pmap_progress_add(bar, 1);
     pmap_progress_free(bar);
     s = slurp(f);
-    assert_string_equal(s, "25%|##        | 1/4 [00:01<00:03, 1.00"
+    assert_string_equal(s, " 25%|##        | 1/4 [00:01<00:03, 1.00"
                            "0123456789abcdefghijklmnopqrstu/s]\n");
     free(s);
     assert_int_equal(fclose(f), 0);
@@ -679,6 +713,99 @@ static void test_file_setters(void **state)
     s = slurp(f);
     assert_string_equal(s, "3it [00:01, 3.00it/s]\n");
     free(s);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void test_file_description_postfix(void **state)
+{
+    struct fake_clock clk = {0, 0, 0};
+    FILE *f = tmpfile();
+    pmap_progress *bar;
+    char *s;
+
+    (void)state;
+    assert_non_null(f);
+    bar = pmap__progress_new_with_clock(f, "a", 0, fake_now, &clk);
+    assert_non_null(bar);
+    pmap_progress_set_min_interval(bar, 1.0);
+    errno = EDOM;
+    assert_int_equal(pmap_progress_set_postfix(bar, "loss=%.2f", 0.5), 0);
+    assert_int_equal(errno, EDOM);
+    clk.t = SEC;
+    pmap_progress_add(bar, 1);
+    /* Both change while the bar runs; each line shows the values of its time. */
+    assert_int_equal(pmap_progress_set_description(bar, "b"), 0);
+    assert_int_equal(pmap_progress_set_postfix(bar, "loss=%.2f, acc=%d%%", 0.25, 90), 0);
+    assert_int_equal(errno, EDOM);
+    clk.t = 2 * SEC;
+    pmap_progress_add(bar, 1);
+    assert_int_equal(pmap_progress_set_description(bar, NULL), 0);
+    assert_int_equal(pmap_progress_set_postfix(bar, NULL), 0);
+    clk.t = 3 * SEC;
+    pmap_progress_add(bar, 1);
+    /* Control characters cannot break the line; "" removes as NULL does. */
+    assert_int_equal(pmap_progress_set_description(bar, "c\nd"), 0);
+    assert_int_equal(pmap_progress_set_postfix(bar, "%s", "x\ry"), 0);
+    clk.t = 4 * SEC;
+    pmap_progress_add(bar, 1);
+    assert_int_equal(pmap_progress_set_description(bar, ""), 0);
+    assert_int_equal(pmap_progress_set_postfix(bar, "%s", ""), 0);
+    pmap_progress_free(bar);
+    s = slurp(f);
+    assert_string_equal(s, "a: 1it [00:01, 1.00it/s, loss=0.50]\n"
+                           "b: 2it [00:02, 1.00it/s, loss=0.25, acc=90%]\n"
+                           "3it [00:03, 1.00it/s]\n"
+                           "c d: 4it [00:04, 1.00it/s, x y]\n"
+                           "4it [00:04, 1.00it/s]\n");
+    free(s);
+    assert_int_equal(fclose(f), 0);
+
+    /* NULL bar: nothing to do, and success, so callers need no test. */
+    assert_int_equal(pmap_progress_set_description(NULL, "x"), 0);
+    assert_int_equal(pmap_progress_set_postfix(NULL, "%d", 1), 0);
+}
+
+/* A string of n copies of c (caller frees). */
+static char *repeat(char c, size_t n)
+{
+    char *s = malloc(n + 1);
+
+    assert_non_null(s);
+    memset(s, c, n);
+    s[n] = '\0';
+    return s;
+}
+
+static void test_file_long_texts(void **state)
+{
+    struct fake_clock clk = {0, 0, 0};
+    char *desc = repeat('d', 5000), *post = repeat('p', 3000), *want, *s;
+    FILE *f = tmpfile();
+    pmap_progress *bar;
+    int rc;
+
+    (void)state;
+    assert_non_null(f);
+    /* Long texts, grown and shrunk and grown again while the bar lives, are shown whole. */
+    bar = pmap__progress_new_with_clock(f, "short", 0, fake_now, &clk);
+    assert_non_null(bar);
+    assert_int_equal(pmap_progress_set_postfix(bar, "%s", post + 2000), 0);
+    assert_int_equal(pmap_progress_set_description(bar, desc), 0);
+    assert_int_equal(pmap_progress_set_postfix(bar, "p"), 0);
+    assert_int_equal(pmap_progress_set_postfix(bar, "%s", post), 0);
+    clk.t = SEC;
+    pmap_progress_add(bar, 1);
+    pmap_progress_free(bar);
+    s = slurp(f);
+    want = malloc(5000 + 3000 + 64);
+    assert_non_null(want);
+    rc = snprintf(want, 5000 + 3000 + 64, "%s: 1it [00:01, 1.00it/s, %s]\n", desc, post);
+    assert_true(rc > 0);
+    assert_string_equal(s, want);
+    free(want);
+    free(s);
+    free(desc);
+    free(post);
     assert_int_equal(fclose(f), 0);
 }
 
@@ -1031,19 +1158,81 @@ static void test_tty_done_frame(void **state)
     pmap_progress_free(bar);
     pty_close(&p);
 
-    /* The first frame, the 100% frame, the final frame. */
+    /* The first add's frame, the 100% frame, the final frame. */
     assert_int_equal(scan(p.buf, p.len).returns, 3);
     assert_int_equal(p.buf[0], '\r');
     frame(p.buf, p.len, 0, f, sizeof f);
-    assert_true(strncmp(f, "d: 0%|    ", 10) == 0);
-    assert_true(ends_with(f, "| 0/10 [00:00<?, ?it/s]"));
+    assert_true(starts_with(f, "d:  10%|#"));
+    assert_true(ends_with(f, "| 1/10 [00:00<00:00, 1000.00it/s]"));
     assert_int_equal(pmap__progress_columns(f, strlen(f)), 99);
+    /* Before the rate average has a sample, the rate so far: never "?it/s" at 100%. */
     frame(p.buf, p.len, 1, f, sizeof f);
     assert_true(strncmp(f, "d: 100%|####", 12) == 0);
-    assert_true(ends_with(f, "#| 10/10 [00:00<00:00, ?it/s]"));
+    assert_true(ends_with(f, "#| 10/10 [00:00<00:00, 1000.00it/s]"));
     assert_int_equal(pmap__progress_columns(f, strlen(f)), 99);
     frame(p.buf, p.len, 2, f, sizeof f);
     assert_true(ends_with(f, "#| 10/10 [00:00<00:00, 1000.00it/s]\n"));
+    free(p.buf);
+}
+
+static void test_tty_first_frame(void **state)
+{
+    struct fake_clock clk = {0, 0, 0};
+    struct pty p;
+    struct frames fr;
+    char f[256];
+    pmap_progress *bar;
+    size_t i;
+
+    (void)state;
+    setenv("LC_ALL", "C", 1);
+
+    /* No add at all: pmap_progress_new() drew nothing, free() draws the one frame. */
+    pty_open(&p, 80);
+    bar = pmap__progress_new_with_clock(p.out, "f", 10, fake_now, &clk);
+    assert_non_null(bar);
+    pmap_progress_set_unit(bar, "file");
+    clk.t = 3 * SEC;
+    pmap_progress_free(bar);
+    pty_close(&p);
+    fr = scan(p.buf, p.len);
+    assert_int_equal(fr.returns, 1);
+    assert_int_equal(fr.newlines, 1);
+    assert_true(starts_with(p.buf, "\rf:   0%|    "));
+    assert_true(ends_with(p.buf, "| 0/10 [00:03<?, ?file/s]\n"));
+    free(p.buf);
+
+    /* A unit set right after creation is in every frame, the first one included. */
+    pty_open(&p, 80);
+    clk.t = 0;
+    bar = pmap__progress_new_with_clock(p.out, "f", 10, fake_now, &clk);
+    assert_non_null(bar);
+    pmap_progress_set_unit(bar, "file");
+    for (i = 0; i < 10; i++) {
+        clk.t += 300 * MS;
+        pmap_progress_add(bar, 1);
+    }
+    pmap_progress_free(bar);
+    pty_close(&p);
+    fr = scan(p.buf, p.len);
+    assert_int_equal(fr.returns, 11);
+    for (i = 0; i < fr.returns; i++) {
+        frame(p.buf, p.len, i, f, sizeof f);
+        assert_non_null(strstr(f, "file/s]"));
+    }
+    /* add(bar, 0) is the way to show 0% at once. */
+    free(p.buf);
+    pty_open(&p, 80);
+    clk.t = 0;
+    bar = pmap__progress_new_with_clock(p.out, NULL, 4, fake_now, &clk);
+    assert_non_null(bar);
+    pmap_progress_add(bar, 0);
+    pmap_progress_free(bar);
+    pty_close(&p);
+    assert_int_equal(scan(p.buf, p.len).returns, 2);
+    frame(p.buf, p.len, 0, f, sizeof f);
+    assert_true(starts_with(f, "  0%|    "));
+    assert_true(ends_with(f, "| 0/4 [00:00<?, ?it/s]"));
     free(p.buf);
 }
 
@@ -1110,9 +1299,9 @@ static void test_tty_ascii_and_padding(void **state)
 
     for (i = 0; i < p.len; i++)
         assert_true((unsigned char)p.buf[i] < 0x80);
-    assert_int_equal(scan(p.buf, p.len).returns, 4);
-    f2 = strchr(p.buf + 1, '\r');
-    assert_non_null(f2);
+    assert_int_equal(scan(p.buf, p.len).returns, 3);
+    f2 = p.buf;
+    assert_int_equal(*f2, '\r');
     f3 = strchr(f2 + 1, '\r');
     assert_non_null(f3);
     c2 = (size_t)(f3 - f2 - 1);
@@ -1137,8 +1326,379 @@ static void test_tty_ascii_bar(void **state)
     pmap_progress_add(bar, 2);
     pmap_progress_free(bar);
     pty_close(&p);
-    assert_non_null(strstr(p.buf, "a: 50%|#"));
+    assert_non_null(strstr(p.buf, "a:  50%|#"));
     assert_null(strstr(p.buf, FULL));
+    free(p.buf);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Text above the bar                                                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * What a terminal shows after `s`: '\r' returns to column 0, '\n' starts a
+ * new line, any other byte (ASCII only) overwrites the cell under the cursor.
+ * Rows are kept without trailing blanks; `rows` counts up to the cursor's.
+ */
+#define SCREEN_ROWS 64
+#define SCREEN_COLS 256
+
+struct screen {
+    char row[SCREEN_ROWS][SCREEN_COLS + 1];
+    size_t rows;
+};
+
+static void replay(struct screen *sc, const char *s, size_t len, size_t width)
+{
+    size_t r = 0, c = 0, i, n;
+
+    assert_true(width <= SCREEN_COLS);
+    memset(sc, 0, sizeof *sc);
+    for (i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+
+        if (ch == '\r') {
+            c = 0;
+        } else if (ch == '\n') {
+            c = 0;
+            r++;
+            assert_true(r < SCREEN_ROWS);
+        } else {
+            assert_true(ch >= 0x20 && ch < 0x7f);
+            /* The bar never reaches the last column: a terminal would wrap. */
+            assert_true(c < width);
+            while (strlen(sc->row[r]) < c)
+                sc->row[r][strlen(sc->row[r])] = ' ';
+            sc->row[r][c++] = (char)ch;
+        }
+    }
+    sc->rows = r + 1;
+    for (r = 0; r < sc->rows; r++) {
+        n = strlen(sc->row[r]);
+        while (n > 0 && sc->row[r][n - 1] == ' ')
+            sc->row[r][--n] = '\0';
+    }
+}
+
+/* A second FILE on the pseudo-terminal, as stdout beside stderr; fully buffered. */
+static FILE *pty_second(struct pty *p)
+{
+    int fd = dup(p->slave);
+    FILE *f;
+
+    assert_true(fd >= 0);
+    f = fdopen(fd, "w");
+    assert_non_null(f);
+    assert_int_equal(setvbuf(f, NULL, _IOFBF, 1 << 16), 0);
+    return f;
+}
+
+static void test_write_null_bar(void **state)
+{
+    FILE *f = tmpfile();
+    char *big = repeat('b', 3000), *s, *want;
+    int rc;
+
+    (void)state;
+    assert_non_null(f);
+    /* Without a bar the text is still written, as whole lines. */
+    errno = EDOM;
+    assert_int_equal(pmap_progress_printf(NULL, f, "%d\n", 25), 3);
+    assert_int_equal(pmap_progress_printf(NULL, f, "%d", 37), 3);
+    assert_int_equal(pmap_progress_printf(NULL, f, "%s", ""), 1);
+    assert_int_equal(pmap_progress_write(NULL, f, "a\nb"), 4);
+    assert_int_equal(pmap_progress_write(NULL, f, "c\n\n"), 3);
+    /* Longer than any stack buffer. */
+    assert_int_equal(pmap_progress_printf(NULL, f, "<%s>", big), 3003);
+    assert_int_equal(errno, EDOM);
+    s = slurp(f);
+    want = malloc(4000);
+    assert_non_null(want);
+    rc = snprintf(want, 4000, "25\n37\n\na\nb\nc\n\n<%s>\n", big);
+    assert_true(rc > 0);
+    assert_string_equal(s, want);
+    free(want);
+    free(s);
+    free(big);
+
+    /* Misuse. */
+    errno = 0;
+    assert_int_equal(pmap_progress_write(NULL, NULL, "x"), -1);
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    assert_int_equal(pmap_progress_write(NULL, f, NULL), -1);
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    assert_int_equal(pmap_progress_printf(NULL, NULL, "x"), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* A wrapper of the caller's own, as a logging function would be. */
+static int log_line(pmap_progress *bar, FILE *out, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+
+    va_start(ap, fmt);
+    rc = pmap_progress_vprintf(bar, out, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+static void test_write_line_mode(void **state)
+{
+    struct fake_clock clk = {0, 0, 0};
+    FILE *f = tmpfile(), *res = tmpfile();
+    struct stat st;
+    pmap_progress *bar;
+    char *s;
+
+    (void)state;
+    assert_non_null(f);
+    assert_non_null(res);
+    /* The bar's own FILE: text and bar lines in the order they were made. */
+    bar = pmap__progress_new_with_clock(f, "w", 0, fake_now, &clk);
+    assert_non_null(bar);
+    assert_int_equal(pmap_progress_printf(bar, f, "first %s", "line"), 11);
+    clk.t = 11 * SEC;
+    pmap_progress_add(bar, 11);
+    assert_int_equal(log_line(bar, f, "second %d\n", 2), 9);
+    pmap_progress_free(bar);
+    s = slurp(f);
+    assert_string_equal(s, "first line\n"
+                           "w: 11it [00:11, 1.00it/s]\n"
+                           "second 2\n"
+                           "w: 11it [00:11, 1.00it/s]\n");
+    free(s);
+
+    /* Another file: written as fprintf() would, buffered, never flushed per line. */
+    assert_int_equal(setvbuf(res, NULL, _IOFBF, 1 << 16), 0);
+    clk.t = 0;
+    bar = pmap__progress_new_with_clock(f, "w", 0, fake_now, &clk);
+    assert_non_null(bar);
+    assert_int_equal(pmap_progress_printf(bar, res, "%d", 1), 2);
+    assert_int_equal(fstat(fileno(res), &st), 0);
+    assert_int_equal(st.st_size, 0);
+    pmap_progress_free(bar);
+    s = slurp(res);
+    assert_string_equal(s, "1\n");
+    free(s);
+    assert_int_equal(fclose(res), 0);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* Everything left in the pipe once every writer is closed. */
+static void read_pipe(int fd, char *buf, size_t size)
+{
+    size_t len = 0;
+
+    for (;;) {
+        ssize_t n = read(fd, buf + len, size - 1 - len);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        assert_true(n >= 0);
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    buf[len] = '\0';
+}
+
+static void test_write_same_file(void **state)
+{
+    struct fake_clock clk = {0, 0, 0};
+    int fds[2];
+    FILE *err, *out, *tmp;
+    pmap_progress *bar;
+    char buf[512], *s;
+
+    (void)state;
+    /* Two FILEs on one pipe, as `prog 2>&1 | tee log`: results fully buffered. */
+    assert_int_equal(pipe(fds), 0);
+    err = fdopen(fds[1], "w");
+    assert_non_null(err);
+    out = fdopen(dup(fds[1]), "w");
+    assert_non_null(out);
+    assert_int_equal(setvbuf(out, NULL, _IOFBF, 1 << 16), 0);
+    bar = pmap__progress_new_with_clock(err, "s", 0, fake_now, &clk);
+    assert_non_null(bar);
+    assert_int_equal(pmap_progress_printf(bar, out, "one"), 4);
+    clk.t = 11 * SEC;
+    pmap_progress_add(bar, 11);
+    assert_int_equal(pmap_progress_printf(bar, out, "two\n"), 4);
+    pmap_progress_free(bar);
+    assert_int_equal(fclose(out), 0);
+    assert_int_equal(fclose(err), 0);
+    read_pipe(fds[0], buf, sizeof buf);
+    assert_int_equal(close(fds[0]), 0);
+    /* Each text reached the pipe before the next bar line: whole lines, in order. */
+    assert_string_equal(buf, "one\n"
+                             "s: 11it [00:11, 1.00it/s]\n"
+                             "two\n"
+                             "s: 11it [00:11, 1.00it/s]\n");
+
+    /* A stream redirected onto the bar's file is seen as such after the next frame. */
+    assert_int_equal(pipe(fds), 0);
+    err = fdopen(fds[1], "w");
+    assert_non_null(err);
+    tmp = tmpfile();
+    assert_non_null(tmp);
+    out = fdopen(dup(fileno(tmp)), "w");
+    assert_non_null(out);
+    assert_int_equal(setvbuf(out, NULL, _IOFBF, 1 << 16), 0);
+    clk.t = 0;
+    bar = pmap__progress_new_with_clock(err, "r", 0, fake_now, &clk);
+    assert_non_null(bar);
+    assert_int_equal(pmap_progress_printf(bar, out, "a"), 2);
+    assert_int_equal(fflush(out), 0);
+    assert_true(dup2(fds[1], fileno(out)) >= 0);
+    clk.t = 11 * SEC;
+    pmap_progress_add(bar, 11);
+    assert_int_equal(pmap_progress_printf(bar, out, "b"), 2);
+    pmap_progress_free(bar);
+    assert_int_equal(fclose(out), 0);
+    assert_int_equal(fclose(err), 0);
+    read_pipe(fds[0], buf, sizeof buf);
+    assert_int_equal(close(fds[0]), 0);
+    assert_string_equal(buf, "r: 11it [00:11, 1.00it/s]\n"
+                             "b\n"
+                             "r: 11it [00:11, 1.00it/s]\n");
+    s = slurp(tmp);
+    assert_string_equal(s, "a\n");
+    free(s);
+    assert_int_equal(fclose(tmp), 0);
+}
+
+static void test_write_tty(void **state)
+{
+    struct fake_clock clk = {0, 0, 0};
+    struct screen sc;
+    struct pty p;
+    char *erase;
+    FILE *out;
+    pmap_progress *bar;
+    char frame1[128];
+    const char *r1;
+
+    (void)state;
+    setenv("LC_ALL", "C", 1);
+    pty_open(&p, 80);
+    out = pty_second(&p);
+    bar = pmap__progress_new_with_clock(p.out, NULL, 2, fake_now, &clk);
+    assert_non_null(bar);
+    /* Before the first frame: just the text, and no frame drawn for it. */
+    assert_int_equal(pmap_progress_printf(bar, out, "before"), 7);
+    clk.t = SEC;
+    pmap_progress_add(bar, 1);
+    /* Fully buffered, yet on the terminal before the bar comes back. */
+    errno = EDOM;
+    assert_int_equal(pmap_progress_printf(bar, out, "r%d\n", 1), 3);
+    assert_int_equal(errno, EDOM);
+    /* The bar's own stream works the same way. */
+    assert_int_equal(pmap_progress_write(bar, p.out, "r2"), 3);
+    pmap_progress_free(bar);
+    assert_int_equal(fclose(out), 0);
+    pty_close(&p);
+
+    /* The exact bytes: the frame, blanked, the text, the frame again. */
+    assert_true(starts_with(p.buf, "before\n\r 50%|"));
+    /* 79 columns in an 80-column terminal, after the '\r'. */
+    assert_ptr_equal(strchr(p.buf + 8, '\r'), p.buf + 87);
+    memcpy(frame1, p.buf + 7, 80);
+    r1 = strstr(p.buf, "r1\n");
+    assert_non_null(r1);
+    assert_ptr_equal(r1, p.buf + 87 + 81);
+    erase = repeat(' ', 81);
+    erase[0] = '\r';
+    erase[80] = '\r';
+    assert_memory_equal(r1 - 81, erase, 81);
+    assert_memory_equal(r1 - 81 - 80, frame1, 80);
+    assert_memory_equal(r1 + 3, frame1, 80);
+    assert_true(starts_with(r1 + 3 + 80, erase));
+    free(erase);
+
+    /* What the terminal shows: every text on its own line, the bar last. */
+    replay(&sc, p.buf, p.len, 80);
+    assert_int_equal(sc.rows, 5);
+    assert_string_equal(sc.row[0], "before");
+    assert_string_equal(sc.row[1], "r1");
+    assert_string_equal(sc.row[2], "r2");
+    assert_true(starts_with(sc.row[3], " 50%|####"));
+    assert_true(ends_with(sc.row[3], "| 1/2 [00:01<00:01, 1.00it/s]"));
+    assert_int_equal(strlen(sc.row[3]), 79);
+    assert_string_equal(sc.row[4], "");
+    free(p.buf);
+}
+
+static void test_write_tty_other_file(void **state)
+{
+    struct fake_clock clk = {0, 0, 0};
+    struct pty p;
+    struct stat st;
+    FILE *res = tmpfile();
+    pmap_progress *bar;
+    char *s;
+
+    (void)state;
+    assert_non_null(res);
+    assert_int_equal(setvbuf(res, NULL, _IOFBF, 1 << 16), 0);
+    setenv("LC_ALL", "C", 1);
+    pty_open(&p, 80);
+    bar = pmap__progress_new_with_clock(p.out, "t", 0, fake_now, &clk);
+    assert_non_null(bar);
+    clk.t = SEC;
+    pmap_progress_add(bar, 1);
+    /* Results into a file while the bar is on the terminal: the bar is left alone. */
+    assert_int_equal(pmap_progress_printf(bar, res, "%d", 42), 3);
+    assert_int_equal(fstat(fileno(res), &st), 0);
+    assert_int_equal(st.st_size, 0);
+    pmap_progress_free(bar);
+    pty_close(&p);
+    assert_int_equal(scan(p.buf, p.len).returns, 2);
+    s = slurp(res);
+    assert_string_equal(s, "42\n");
+    free(s);
+    free(p.buf);
+    assert_int_equal(fclose(res), 0);
+}
+
+static void test_write_tty_postfix(void **state)
+{
+    struct fake_clock clk = {0, 0, 0};
+    struct screen sc;
+    struct pty p;
+    char f[256];
+    pmap_progress *bar;
+
+    (void)state;
+    setenv("LC_ALL", "C", 1);
+    pty_open(&p, 100);
+    bar = pmap__progress_new_with_clock(p.out, "train", 100, fake_now, &clk);
+    assert_non_null(bar);
+    assert_int_equal(pmap_progress_set_postfix(bar, "loss=%.2f", 1.0), 0);
+    clk.t = SEC;
+    pmap_progress_add(bar, 42);
+    /* A setter draws nothing; the next frame has the new values, padded over the old. */
+    assert_int_equal(pmap_progress_set_postfix(bar, "l=%d", 3), 0);
+    assert_int_equal(pmap_progress_set_description(bar, "t"), 0);
+    clk.t = 2 * SEC;
+    pmap_progress_add(bar, 0);
+    pmap_progress_free(bar);
+    pty_close(&p);
+    assert_int_equal(scan(p.buf, p.len).returns, 3);
+    frame(p.buf, p.len, 0, f, sizeof f);
+    assert_true(starts_with(f, "train:  42%|####"));
+    assert_true(ends_with(f, "| 42/100 [00:01<00:01, 42.00it/s, loss=1.00]"));
+    frame(p.buf, p.len, 1, f, sizeof f);
+    assert_true(starts_with(f, "t:  42%|####"));
+    assert_non_null(strstr(f, "| 42/100 [00:02<"));
+    assert_true(ends_with(f, "it/s, l=3]"));
+    assert_int_equal(strlen(f), 99);
+    replay(&sc, p.buf, p.len, 100);
+    assert_int_equal(sc.rows, 2);
+    assert_int_equal(strlen(sc.row[0]), 99);
     free(p.buf);
 }
 
@@ -1343,6 +1903,40 @@ static void test_pipe_host_mask(void **state)
     alarm(0);
 }
 
+static void test_write_errors(void **state)
+{
+    struct fake_clock clk = {0, 0, 0};
+    struct sigaction old;
+    FILE *f = tmpfile(), *broken;
+    pmap_progress *bar;
+    char *s;
+
+    (void)state;
+    assert_non_null(f);
+    alarm(10);
+    set_sigpipe(SIG_IGN, &old);
+    broken = broken_pipe();
+    assert_int_equal(setvbuf(broken, NULL, _IONBF, 0), 0);
+    bar = pmap__progress_new_with_clock(f, "e", 0, fake_now, &clk);
+    assert_non_null(bar);
+    /* The host's stream fails as with fprintf(); the bar, on its own stream, goes on. */
+    errno = 0;
+    assert_int_equal(pmap_progress_printf(bar, broken, "%d", 1), -1);
+    assert_int_equal(errno, EPIPE);
+    assert_true(ferror(broken) != 0);
+    assert_int_equal(pmap__progress_failed(bar), 0);
+    clk.t = SEC;
+    pmap_progress_add(bar, 1);
+    pmap_progress_free(bar);
+    s = slurp(f);
+    assert_string_equal(s, "e: 1it [00:01, 1.00it/s]\n");
+    free(s);
+    assert_int_equal(fclose(broken), 0);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(sigaction(SIGPIPE, &old, NULL), 0);
+    alarm(0);
+}
+
 static volatile sig_atomic_t alarms;
 
 static void on_alarm(int sig)
@@ -1448,7 +2042,144 @@ static void test_write_eintr(void **state)
     free(r);
 }
 
-int main(void)
+/* ------------------------------------------------------------------------ */
+/* The sum example on a terminal                                            */
+/* ------------------------------------------------------------------------ */
+
+static const char *example_sum; /* the built examples/sum, from CMake */
+
+/* Start `path` with stdout on out_fd and stderr on err_fd. The child asserts nothing. */
+static pid_t spawn(const char *path, int out_fd, int err_fd)
+{
+    pid_t pid;
+
+    assert_int_equal(fflush(NULL), 0); /* nothing of ours written twice */
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd, in = open("/dev/null", O_RDONLY);
+
+        if (in < 0 || dup2(in, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
+            _exit(126);
+        for (fd = 3; fd < 1024; fd++)
+            (void)close(fd);
+        if (setenv("LC_ALL", "C", 1) != 0)
+            _exit(126);
+        execl(path, path, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void wait_success(pid_t pid)
+{
+    int status;
+    pid_t rc;
+
+    do {
+        rc = waitpid(pid, &status, 0);
+    } while (rc < 0 && errno == EINTR);
+    assert_int_equal(rc, pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* Read fd until EOF, or EIO (a pseudo-terminal's master once the last slave is closed). */
+static char *read_all(int fd, size_t *len)
+{
+    struct pollfd pfd;
+    size_t cap = 4096;
+    char *buf = malloc(cap);
+
+    assert_non_null(buf);
+    *len = 0;
+    pfd.fd = fd;
+    pfd.events = POLLIN;
+    for (;;) {
+        ssize_t n;
+        int rc = poll(&pfd, 1, 30000);
+
+        if (rc < 0 && errno == EINTR)
+            continue;
+        assert_true(rc > 0);
+        if (cap - *len < 1024) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            assert_non_null(buf);
+        }
+        n = read(fd, buf + *len, cap - *len - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0 || (n < 0 && errno == EIO))
+            break;
+        assert_true(n > 0);
+        *len += (size_t)n;
+    }
+    buf[*len] = '\0';
+    return buf;
+}
+
+static void test_example_sum_pty(void **state)
+{
+    struct winsize ws;
+    struct termios tio;
+    struct screen sc;
+    char *ref, *tty, *line, *nl, done[64];
+    size_t ref_len, tty_len, rows = 0;
+    int fds[2], null, master, slave;
+    pid_t pid;
+
+    (void)state;
+    assert_non_null(example_sum);
+
+    /* The results alone: stdout into a pipe, the bar (line mode) to /dev/null. */
+    assert_int_equal(pipe(fds), 0);
+    null = open("/dev/null", O_WRONLY);
+    assert_true(null >= 0);
+    pid = spawn(example_sum, fds[1], null);
+    assert_int_equal(close(fds[1]), 0);
+    assert_int_equal(close(null), 0);
+    ref = read_all(fds[0], &ref_len);
+    assert_int_equal(close(fds[0]), 0);
+    wait_success(pid);
+
+    /* Then stdout and stderr both on one terminal, as in a shell. */
+    memset(&ws, 0, sizeof ws);
+    ws.ws_row = 24;
+    ws.ws_col = 80;
+    assert_int_equal(openpty(&master, &slave, NULL, NULL, &ws), 0);
+    assert_int_equal(tcgetattr(slave, &tio), 0);
+    tio.c_oflag &= ~(tcflag_t)OPOST; /* the bytes as written: '\n' stays '\n' */
+    assert_int_equal(tcsetattr(slave, TCSANOW, &tio), 0);
+    pid = spawn(example_sum, slave, slave);
+    assert_int_equal(close(slave), 0);
+    tty = read_all(master, &tty_len);
+    assert_int_equal(close(master), 0);
+    wait_success(pid);
+
+    /* On the screen: each result alone on its line, in order, then the bar. */
+    replay(&sc, tty, tty_len, 80);
+    for (line = ref; line < ref + ref_len; line = nl + 1) {
+        nl = memchr(line, '\n', (size_t)(ref + ref_len - line));
+        assert_non_null(nl);
+        *nl = '\0';
+        assert_true(rows < sc.rows);
+        assert_string_equal(sc.row[rows], line);
+        rows++;
+    }
+    assert_true(rows > 0);
+    assert_int_equal(sc.rows, rows + 2);
+    assert_true(starts_with(sc.row[rows], "100%|#"));
+    assert_true(snprintf(done, sizeof done, "#| %zu/%zu [", rows, rows) > 0);
+    assert_non_null(strstr(sc.row[rows], done));
+    /* The bar's final '\n' is the last byte: nothing after it. */
+    assert_string_equal(sc.row[rows + 1], "");
+    assert_int_equal(tty[tty_len - 1], '\n');
+    free(ref);
+    free(tty);
+}
+
+int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_format_time, setup, teardown),
@@ -1459,6 +2190,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_render_unknown_total, setup, teardown),
         cmocka_unit_test_setup_teardown(test_render_width, setup, teardown),
         cmocka_unit_test_setup_teardown(test_render_small_buffer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_render_postfix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_columns, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locale_utf8, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_known_total, setup, teardown),
@@ -1467,6 +2199,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_file_min_interval, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_smoothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_setters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_description_postfix, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_long_texts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_saturates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_host_interleaving, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_real_clock_subsecond, setup, teardown),
@@ -1474,9 +2208,17 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tty_two_million, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tty_throttled, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tty_done_frame, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tty_first_frame, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tty_width_sources, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tty_ascii_and_padding, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tty_ascii_bar, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_null_bar, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_line_mode, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_same_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_tty, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_tty_other_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_tty_postfix, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_null_safety, setup, teardown),
         cmocka_unit_test_setup_teardown(test_errno_preserved, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipe_reader_gone, setup, teardown),
@@ -1484,5 +2226,18 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_eintr, setup, teardown),
     };
 
+    const struct CMUnitTest example[] = {
+        cmocka_unit_test_setup_teardown(test_example_sum_pty, setup, teardown),
+    };
+
+    /* CMake registers the example's test only when examples are built. */
+    if (argc == 3 && strcmp(argv[1], "--example-sum") == 0) {
+        example_sum = argv[2];
+        return cmocka_run_group_tests_name("example_sum", example, NULL, NULL);
+    }
+    if (argc != 1) {
+        fprintf(stderr, "usage: %s [--example-sum PATH]\n", argv[0]);
+        return 2;
+    }
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
