@@ -922,7 +922,9 @@ static void test_large_records(void **state)
     struct got ref = {0}, got = {0};
     pmap_pool *pool;
     pmap_iter *it;
-    uint32_t size = quick ? (1u << 20) : (4u << 20);
+    /* More than a 1 MiB pipe holds, so that writes block; a few records
+     * only: the rest is copying, slow under sanitizers. */
+    uint32_t size = (1u << 20) + 4096u;
     int ordered;
 
     (void)state;
@@ -930,18 +932,18 @@ static void test_large_records(void **state)
     ctx_init(&c);
     pool = pool_new(&c, 2, 0, 0, 0);
     for (ordered = 0; ordered < 2; ordered++) {
-        gen_init(&g, 24, OP_ECHO, size);
+        gen_init(&g, 8, OP_ECHO, size);
         it = ordered ? pmap_imap(pool, gen, &g) : pmap_imap_unordered(pool, gen, &g);
         assert_non_null(it);
         drive_block(it, &ref);
         assert_int_equal(pmap_iter_free(it), PMAP_OK);
-        gen_init(&g, 24, OP_ECHO, size);
+        gen_init(&g, 8, OP_ECHO, size);
         it = ordered ? pmap_imap(pool, gen, &g) : pmap_imap_unordered(pool, gen, &g);
         assert_non_null(it);
         drive_loop(it, &got, M_POLL);
         assert_int_equal(pmap_iter_free(it), PMAP_OK);
         assert_int_equal(got.rc, PMAP_DONE);
-        assert_int_equal(got.n, 24);
+        assert_int_equal(got.n, 8);
         got_equal(&ref, &got, !ordered);
         assert_int_equal(got.v[3].len, sizeof(struct param) + size);
         got_free(&ref);
