@@ -909,7 +909,7 @@ static int try_fast(struct pmap_iter *it, pmap_item *item)
 {
     struct pmap__rec *r = it->held, *nx;
 
-    if (it->owner.fork_gen != pmap__fork_gen_value || r == NULL || r->state != R_DONE ||
+    if (!pmap__owner_surely(&it->owner) || r == NULL || r->state != R_DONE ||
         r->result.cap > it->keep || it->since_pump + 1u >= it->pump_every || it->quiet ||
         it->in_step)
         return 0;
