@@ -60,7 +60,7 @@
  * long before it runs dry, where a pump per 64 tiny records was a tenth of
  * the caller's time. */
 #define PUMP_EVERY 64u
-/* pmap_iter_timeout when the backend has no descriptor to watch: poll it
+/* pmap_iter_timeout when the backend has no descriptor to watch: ask it again
  * this often instead. */
 #define EVL_POLL_MS 1
 
