@@ -57,8 +57,43 @@ int pmap__buf_reserve(struct pmap_buf *b, size_t cap)
     return 0;
 }
 
+/*
+ * A failed pmap_buf_set/pmap_buf_reserve marks the buffer failed: cap 0
+ * (so that every later call takes the slow path, which clears the mark)
+ * and the status in `small`, with the real capacity of a heap block
+ * beside it (`small` holds no record then: the length is 0).
+ */
+static PMAP__RARE void buf_fail(struct pmap_buf *b, int status)
+{
+    b->len = 0;
+    if (b->cap != 0 && b->data != b->small)
+        memcpy(b->small, &b->cap, sizeof b->cap);
+    b->cap = 0;
+    memcpy(b->small + sizeof(size_t), &status, sizeof status);
+}
+
+int pmap__buf_failed(const struct pmap_buf *b)
+{
+    int status = 0;
+
+    if (b->cap == 0)
+        memcpy(&status, b->small + sizeof(size_t), sizeof status);
+    return status;
+}
+
+void pmap__buf_unfail(struct pmap_buf *b)
+{
+    if (b->cap != 0)
+        return;
+    if (b->data == b->small)
+        b->cap = sizeof b->small;
+    else
+        memcpy(&b->cap, b->small, sizeof b->cap);
+}
+
 void pmap__buf_trim(struct pmap_buf *b, size_t keep)
 {
+    pmap__buf_unfail(b);
     b->len = 0;
     if (b->cap > keep && b->data != b->small) {
         free(b->data);
@@ -83,15 +118,16 @@ static PMAP__RARE void *buf_reserve_slow(pmap_buf *buf, size_t len)
         errno = EINVAL;
         return NULL;
     }
+    pmap__buf_unfail(buf);
     if (len > buf->max) {
-        buf->len = 0;
+        buf_fail(buf, PMAP_ETOOBIG);
         errno = E2BIG;
         return NULL;
     }
     /* The length must stay until the buffer has grown: leaving the inline
      * storage, pmap__buf_reserve copies only the bytes the length covers. */
     if (pmap__buf_reserve(buf, len ? len : 1) != 0) {
-        buf->len = 0;
+        buf_fail(buf, PMAP_ENOMEM);
         errno = ENOMEM;
         return NULL;
     }
@@ -116,8 +152,10 @@ static PMAP__RARE int buf_set_slow(pmap_buf *buf, const void *data, size_t len)
     void *p;
 
     if (buf == NULL || (data == NULL && len != 0)) {
-        if (buf)
-            buf->len = 0;
+        if (buf) {
+            pmap__buf_unfail(buf);
+            buf_fail(buf, PMAP_EINVAL);
+        }
         return PMAP_EINVAL;
     }
     p = pmap_buf_reserve(buf, len);

@@ -33,6 +33,12 @@ int pmap__buf_reserve(struct pmap_buf *b, size_t cap);
 /* Release the storage if it grew past `keep` bytes; empty the buffer. */
 void pmap__buf_trim(struct pmap_buf *b, size_t keep);
 void pmap__buf_free(struct pmap_buf *b);
+/* The status of the failed pmap_buf_set/pmap_buf_reserve that was the
+ * buffer's last call (PMAP_ETOOBIG, PMAP_ENOMEM, PMAP_EINVAL), or 0. A
+ * failed buffer has cap 0: `cap == 0` is the cheap test. */
+int pmap__buf_failed(const struct pmap_buf *b);
+/* Clear the failed mark (the buffer stays empty). */
+void pmap__buf_unfail(struct pmap_buf *b);
 
 /* memcpy for records that are usually a few bytes: fixed-size moves the
  * compiler inlines, instead of a library call per record. No overlap. */

@@ -259,6 +259,17 @@ static uint32_t chunk_size(const struct pmap_iter *it)
     return chunk < fair ? chunk : fair;
 }
 
+/* The generator returned a record whose buffer's last set failed: the map
+ * ends there with that status (PMAP_ETOOBIG, ...) once the records before
+ * it are out, as after a generator error. Returns the generator's error. */
+static PMAP__RARE int gen_failed_buf(struct pmap_iter *it, struct pmap_buf *param)
+{
+    if (it->fatal == 0)
+        it->fatal = pmap__buf_failed(param);
+    pmap__buf_unfail(param);
+    return -1;
+}
+
 static struct pmap__rec *generate(struct pmap_iter *it)
 {
     struct pmap__rec *r;
@@ -289,6 +300,8 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     }
     r->param.len = 0;
     rc = it->gen(it->gen_ctx, &r->param);
+    if (rc > 0 && r->param.cap == 0)
+        rc = gen_failed_buf(it, &r->param);
     if (rc <= 0) {
         r->param.len = 0;
         it->gen_state = rc == 0 ? G_ENDED : G_FAILED;
@@ -366,6 +379,8 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         }
         r->param.len = 0;
         rc = gen(gen_ctx, &r->param);
+        if (rc > 0 && r->param.cap == 0)
+            rc = gen_failed_buf(it, &r->param);
         if (rc <= 0) {
             r->param.len = 0;
             break;

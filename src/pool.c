@@ -500,13 +500,22 @@ static PMAP__RARE unsigned char *c_record_grow(struct worker *w, struct pmap__re
     return r->result.data;
 }
 
+/* A record the library failed in the worker (PMAP__R_STATUS). */
+static PMAP__RARE void c_status(struct pmap__rec *r, unsigned status, int code)
+{
+    r->status = status == PMAP__R_STATUS ? code : PMAP_ETASK;
+    r->code = status == PMAP__R_STATUS ? 0 : code;
+}
+
 static unsigned char *c_record(void *ud, unsigned status, int code, uint64_t len)
 {
     struct worker *w = ud;
     struct pmap__rec *r = fifo_at(w, w->recv + w->pending);
 
-    r->status = status == PMAP__R_OK ? PMAP_OK : PMAP_ETASK;
-    r->code = code;
+    r->status = PMAP_OK;
+    r->code = 0;
+    if (status != PMAP__R_OK)
+        c_status(r, status, code);
     r->result.len = 0;
     if (len == 0) {
         w->pending++;
@@ -527,8 +536,10 @@ static inline int c_whole(struct pmap__decoder *d, unsigned status, int code,
     struct worker *w = d->ud;
     struct pmap__rec *r = fifo_at(w, w->recv + w->pending);
 
-    r->status = status == PMAP__R_OK ? PMAP_OK : PMAP_ETASK;
-    r->code = code;
+    r->status = PMAP_OK;
+    r->code = 0;
+    if (status != PMAP__R_OK)
+        c_status(r, status, code);
     if (len > r->result.cap && c_result_grow(w, r, len) != 0)
         return PMAP_ENOMEM;
     r->result.len = (size_t)len;

@@ -14,7 +14,9 @@
 
 #define MAGIC_HDR 0x50414d50u /* "PMAP" in little-endian memory order */
 #define MAGIC_TRL 0x444e4521u
-#define WIRE_VERSION 2u
+/* 3: task errors may carry a payload; the status record. A peer of
+ * another version is refused at its first frame (PMAP_EPROTO). */
+#define WIRE_VERSION 3u
 
 #define S_HDR PMAP__S_HDR
 #define S_REC PMAP__S_REC
@@ -152,20 +154,24 @@ static int parse_hdr(struct pmap__decoder *d, const unsigned char *h)
 }
 
 /* A record of `len` bytes with a header of `hsize` bytes starts. */
-static int begin_rec(struct pmap__decoder *d, int code, uint64_t len, size_t hsize)
+static int begin_rec_as(struct pmap__decoder *d, unsigned status, int code, uint64_t len,
+                        size_t hsize)
 {
-    /* A task error has no payload. */
-    if ((code != 0 && len != 0) || len > d->max_record || d->bytes_left < hsize ||
-        len > d->bytes_left - hsize)
+    if (len > d->max_record || d->bytes_left < hsize || len > d->bytes_left - hsize)
         return pmap__decoder_fail(d, PMAP_EPROTO);
     d->bytes_left -= hsize + len;
     d->recs_left--;
-    d->dst = d->ops->record(d->ud, code != 0 ? PMAP__R_TASKERR : PMAP__R_OK, code, len);
+    d->dst = d->ops->record(d->ud, status, code, len);
     if (d->dst == NULL)
         return pmap__decoder_fail(d, d->rc ? d->rc : PMAP_ENOMEM);
     d->data_left = len;
     d->state = S_DATA;
     return 0;
+}
+
+static int begin_rec(struct pmap__decoder *d, int code, uint64_t len, size_t hsize)
+{
+    return begin_rec_as(d, code != 0 ? PMAP__R_TASKERR : PMAP__R_OK, code, len, hsize);
 }
 
 static int parse_rec(struct pmap__decoder *d, const unsigned char *r)
@@ -188,6 +194,9 @@ static int parse_xlen(struct pmap__decoder *d, const unsigned char *x)
 {
     uint64_t len = get64(x);
 
+    /* Length 0: a status record (a library status, never 0 or positive). */
+    if (len == 0 && d->xcode < 0)
+        return begin_rec_as(d, PMAP__R_STATUS, d->xcode, 0, PMAP__REC_XSIZE);
     if (len < PMAP__REC_XLEN)
         return pmap__decoder_fail(d, PMAP_EPROTO);
     return begin_rec(d, d->xcode, len, PMAP__REC_XSIZE);

@@ -25,8 +25,12 @@
  *   header  (32): magic u32 | kind u8 | flags u8 | version u16 | count u32 |
  *                 seq u32 | bytes u64 (records incl. their headers) |
  *                 aux u32 | check u32
- *   record   (8): len u32 | code i32 (0: ok; else a task error, len 0)
+ *   record   (8): len u32 | code i32 (0: ok; else a task error whose
+ *                 payload is the task's message)
  *   record  (16): 0xffffffff u32 | code i32 | len u64 (>= 0xffffffff)
+ *   status  (16): 0xffffffff u32 | status i32 | 0 u64: no payload; the
+ *                 record failed in the library (status < 0, e.g.
+ *                 PMAP_ETOOBIG for a result buffer whose last set failed)
  *   trailer  (8): magic u32 | check u32
  *
  * Record headers are short because records usually are, and every header
@@ -50,7 +54,19 @@ enum pmap__kind {
     PMAP__K_RETIRE = 4   /* worker -> caller: exiting after `seq` records (memory limit) */
 };
 
-enum { PMAP__R_OK = 0, PMAP__R_TASKERR = 1 };
+enum { PMAP__R_OK = 0, PMAP__R_TASKERR = 1, PMAP__R_STATUS = 2 /* code: a pmap status */ };
+
+/* The status record of status `status` (< 0): PMAP__REC_XSIZE bytes. */
+static inline size_t pmap__rec_status(unsigned char *out, int status)
+{
+    uint32_t len32 = PMAP__REC_XLEN;
+    uint64_t zero = 0;
+
+    memcpy(out, &len32, 4);
+    memcpy(out + 4, &status, 4);
+    memcpy(out + 8, &zero, 8);
+    return PMAP__REC_XSIZE;
+}
 
 #define PMAP__F_UNIFORM 0x100u /* frame flag: headerless records of bytes / count */
 
@@ -71,7 +87,7 @@ static inline size_t pmap__rec_hdr_size(uint64_t len)
     return len < PMAP__REC_XLEN ? PMAP__REC_SIZE : PMAP__REC_XSIZE;
 }
 
-/* Write a record header (code 0: a success; else a task error, len 0);
+/* Write a record header (code 0: a success; else a task error);
  * returns its size. Inline: written once per record on both sides of
  * every pipe. */
 static inline size_t pmap__rec_hdr(unsigned char *out, int code, uint64_t len)
@@ -175,8 +191,7 @@ static inline int pmap__decode_whole(struct pmap__decoder *d, const unsigned cha
         /* The escape (a 64-bit length follows) takes the general way. */
         if (len > n - PMAP__REC_SIZE || len == PMAP__REC_XLEN)
             break;
-        /* A task error has no payload. */
-        if ((code != 0 && len != 0) || len > max_record || bytes_left < PMAP__REC_SIZE ||
+        if (len > max_record || bytes_left < PMAP__REC_SIZE ||
             len > bytes_left - PMAP__REC_SIZE) {
             rc = pmap__decoder_fail(d, PMAP_EPROTO);
             break;

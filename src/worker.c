@@ -212,7 +212,7 @@ static PMAP__RARE void w_ununiform(struct wctx *c)
 
 /* A large result travels as a frame of its own, written from the task's
  * buffer without a copy. */
-static void w_send_big(struct wctx *c, uint64_t task_ns)
+static void w_send_big(struct wctx *c, int rc, uint64_t task_ns)
 {
     struct pmap__frame f;
     unsigned char head[PMAP__HDR_SIZE + PMAP__REC_XSIZE], trl[PMAP__TRL_SIZE];
@@ -226,7 +226,7 @@ static void w_send_big(struct wctx *c, uint64_t task_ns)
     f.bytes = hsize + c->result.len;
     f.aux = task_ns / 1000u > UINT32_MAX ? UINT32_MAX : (uint32_t)(task_ns / 1000u);
     pmap__frame_hdr(head, &f);
-    pmap__rec_hdr(head + PMAP__HDR_SIZE, 0, c->result.len);
+    pmap__rec_hdr(head + PMAP__HDR_SIZE, rc, c->result.len);
     pmap__frame_trl(trl, &f);
     iov[0].iov_base = head;
     iov[0].iov_len = PMAP__HDR_SIZE + hsize;
@@ -344,6 +344,27 @@ static PMAP__NOINLINE int w_run(struct wctx *c, const unsigned char *param, size
     return 0;
 }
 
+/* The task left its result buffer failed (its last pmap_buf_set or
+ * pmap_buf_reserve failed, whatever it returned): the record fails with
+ * that status (PMAP_ETOOBIG, ...) as a status record, never as a result. */
+static PMAP__RARE void w_after_failed(struct wctx *c, uint64_t task_ns)
+{
+    int status = pmap__buf_failed(&c->result);
+    size_t need;
+
+    pmap__buf_unfail(&c->result);
+    if (c->out_uniform && c->out_count != 0)
+        w_ununiform(c);
+    c->out_uniform = 0;
+    need = c->out.len + PMAP__REC_XSIZE;
+    if (need > c->out.cap && pmap__buf_reserve(&c->out, need) != 0)
+        w_exit(PMAP__EXIT_IO);
+    pmap__rec_status(c->out.data + c->out.len, status);
+    c->out.len = need;
+    c->out_count++;
+    c->out_task_ns += task_ns;
+}
+
 /* After the task: queue its result; `timed`: t1 is the clock after it. */
 static PMAP__NOINLINE void w_after(struct wctx *c, int rc, int timed, uint64_t t1)
 {
@@ -355,11 +376,14 @@ static PMAP__NOINLINE void w_after(struct wctx *c, int rc, int timed, uint64_t t
      * after it: the flush below can only come early, never late. */
     if (c->out_count == 0)
         c->out_t0 = c->last_ns;
-    if (rc == 0 && c->result.len >= BIG_RESULT) {
+    if (c->result.cap == 0) {
+        w_after_failed(c, task_ns);
+    } else if (c->result.len >= BIG_RESULT) {
         w_flush(c);
-        w_send_big(c, task_ns);
+        w_send_big(c, rc, task_ns);
     } else {
-        size_t len = rc != 0 ? 0 : c->result.len;
+        /* A task error's payload is its message. */
+        size_t len = c->result.len;
         size_t hsize;
 
         /* Successes of one length go bare (a uniform frame) until a
@@ -416,7 +440,7 @@ static inline int w_run_fast(struct wctx *c, const unsigned char *param, size_t 
     c->sample_left--;
     len = c->result.len;
     need = c->out.len + len;
-    if (rc != 0 || len != c->out_ulen || need > c->out.cap || need >= FLUSH_BYTES ||
+    if (rc != 0 || len != c->out_ulen || need > c->out.cap || c->result.cap == 0 || need >= FLUSH_BYTES ||
         c->result.cap > RESULT_KEEP) {
         w_after(c, rc, 0, 0);
         return 0;

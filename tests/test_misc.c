@@ -264,10 +264,11 @@ struct limits_gen {
 /*
  * Record k checks one rule and leaves in the buffer what the task should
  * then see (checked in the caller from the results):
- *  0: set of max+1 -> ETOOBIG, buffer left empty
- *  1: reserve of max+1 -> NULL/E2BIG, buffer left empty
+ *  0: set of max+1 -> ETOOBIG; then reserve(0) (a failed buffer must
+ *     not be sent: test_buffail), which leaves it empty
+ *  1: reserve of max+1 -> NULL/E2BIG; then reserve(0): empty
  *  2: reserve of exactly max -> writable, sent whole
- *  3: set with NULL data and len > 0 -> EINVAL, buffer left empty
+ *  3: set with NULL data and len > 0 -> EINVAL; then reserve(0): empty
  *  4: set with NULL data and len 0 -> OK, empty
  *  5: reserve of 0 -> non-NULL, empty
  *  6: set of exactly max -> OK
@@ -283,6 +284,7 @@ static int limits_gen(void *ctx, pmap_buf *param)
     case 0:
         assert_int_equal(pmap_buf_set(param, "0123456789", 10), PMAP_OK);
         assert_int_equal(pmap_buf_set(param, g->big, SMALL_MAX + 1), PMAP_ETOOBIG);
+        assert_non_null(pmap_buf_reserve(param, 0));
         return 1;
     case 1:
         assert_int_equal(pmap_buf_set(param, "0123456789", 10), PMAP_OK);
@@ -292,6 +294,7 @@ static int limits_gen(void *ctx, pmap_buf *param)
         errno = 0;
         assert_null(pmap_buf_reserve(param, SIZE_MAX));
         assert_int_equal(errno, E2BIG);
+        assert_non_null(pmap_buf_reserve(param, 0));
         return 1;
     case 2:
         p = pmap_buf_reserve(param, SMALL_MAX);
@@ -301,6 +304,7 @@ static int limits_gen(void *ctx, pmap_buf *param)
     case 3:
         assert_int_equal(pmap_buf_set(param, "abc", 3), PMAP_OK);
         assert_int_equal(pmap_buf_set(param, NULL, 5), PMAP_EINVAL);
+        assert_non_null(pmap_buf_reserve(param, 0));
         return 1;
     case 4:
         assert_int_equal(pmap_buf_set(param, NULL, 0), PMAP_OK);

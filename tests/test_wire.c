@@ -154,7 +154,7 @@ static uint32_t t_get32(const unsigned char *p)
 }
 
 #define T_MAGIC 0x50414d50u
-#define T_VERSION 2u
+#define T_VERSION 3u
 
 static void raw_hdr(unsigned char h[PMAP__HDR_SIZE], uint32_t magic, unsigned kind,
                     unsigned version, uint32_t count, uint32_t seq, uint64_t bytes, uint32_t aux)
@@ -832,7 +832,7 @@ static const char *const bad_names[B_COUNT] = {
     "long-form length 0",
     "long-form length over max",
     "task error with a long-form length",
-    "task error with payload",
+    "status record with a positive status",
     "uniform frame without records",
     "uniform bytes not a multiple of count",
     "uniform records over max",
@@ -969,10 +969,10 @@ static void make_bad(struct bytes *b, enum bad_id id)
         put_fill(b, 64, 'x');
         break;
     case B_TASKERR_WITH_LEN:
-        put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_SIZE + 4);
-        put_rec(b, 7, 4);
-        put_fill(b, 4, 's');
-        put_trl_for(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_SIZE + 4, 0);
+        /* The status record's status is a library status: negative. */
+        put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE);
+        put_xrec(b, 7, 0);
+        put_trl_for(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE, 0);
         break;
     case B_UNI_NO_RECORDS:
         put_hdr(b, PMAP__K_RESULTS | PMAP__F_UNIFORM, 0, 0, 0);
@@ -1192,6 +1192,51 @@ static unsigned char *l_record(void *ud, unsigned status, int code, uint64_t len
 
 static const struct pmap__decoder_ops long_ops = {l_frame, l_record, NULL, l_frame};
 
+/* A task error carries its message; a status record carries a library
+ * status and nothing else; both decode in any split. */
+static void test_error_payload_and_status_record(void **state)
+{
+    struct bytes b = {0};
+    unsigned char r[PMAP__REC_XSIZE];
+    const uint64_t bytes = 3 * PMAP__REC_SIZE + 5 + PMAP__REC_XSIZE + 3;
+    size_t cut;
+
+    (void)state;
+    put_hdr(&b, PMAP__K_RESULTS, 4, 0, bytes);
+    put_rec(&b, 3, 5);
+    put_fill(&b, 5, 'm');
+    b_put(&b, r, pmap__rec_status(r, PMAP_ETOOBIG));
+    put_rec(&b, -2, 0);
+    put_rec(&b, 0, 3);
+    put_fill(&b, 3, 'k');
+    put_trl_for(&b, PMAP__K_RESULTS, 4, 0, bytes, 0);
+    for (cut = 0; cut <= b.len; cut++) {
+        struct sink s;
+        struct pmap__decoder d;
+
+        sink_init(&s, 64);
+        pmap__decoder_init(&d, &sink_ops, &s, 64);
+        assert_int_equal(pmap__decode(&d, b.p, cut), 0);
+        assert_int_equal(pmap__decode(&d, b.p + cut, b.len - cut), 0);
+        assert_int_equal(s.nrecs, 4);
+        assert_int_equal(s.recs[0].status, PMAP__R_TASKERR);
+        assert_int_equal(s.recs[0].code, 3);
+        assert_int_equal(s.recs[0].len, 5);
+        assert_memory_equal(s.recs[0].data, "mmmmm", 5);
+        assert_int_equal(s.recs[1].status, PMAP__R_STATUS);
+        assert_int_equal(s.recs[1].code, PMAP_ETOOBIG);
+        assert_int_equal(s.recs[1].len, 0);
+        assert_int_equal(s.recs[2].status, PMAP__R_TASKERR);
+        assert_int_equal(s.recs[2].code, -2);
+        assert_int_equal(s.recs[2].len, 0);
+        assert_int_equal(s.recs[3].status, PMAP__R_OK);
+        assert_int_equal(s.recs[3].len, 3);
+        assert_int_equal(s.nends, 1);
+        sink_free(&s);
+    }
+    b_free(&b);
+}
+
 static void test_long_record_header(void **state)
 {
     static const uint64_t lens[] = {PMAP__REC_XLEN, (uint64_t)PMAP__REC_XLEN + 1,
@@ -1293,6 +1338,7 @@ int main(void)
         cmocka_unit_test(test_bad_trailer_after_direct),
         cmocka_unit_test(test_unbounded_limit),
         cmocka_unit_test(test_long_record_header),
+        cmocka_unit_test(test_error_payload_and_status_record),
         cmocka_unit_test(test_callback_errors),
     };
 
