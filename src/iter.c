@@ -171,7 +171,8 @@ static inline uint64_t finish(struct pmap_iter *it, struct pmap__rec *r, uint64_
     if (r->state != R_FLIGHT)
         return live;
     r->state = R_DONE;
-    if (r->status != PMAP_OK)
+    /* A task error keeps its payload: the task's message. */
+    if (r->status != PMAP_OK && r->status != PMAP_ETASK)
         r->result.len = 0;
     /* A finished record never runs again: its parameter is of no use any
      * more. Letting go of it now (rather than in release) also keeps
