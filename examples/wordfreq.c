@@ -105,6 +105,18 @@ static void table_free(struct table *t)
 
 /* ---- the task: runs in a worker ---- */
 
+/* A failing task may leave a message in `out`: it arrives with the
+ * PMAP_ETASK item (item.data / item.len). Returns `err`, the item's code. */
+static int fail_with(pmap_buf *out, const char *what, const char *path, int err)
+{
+    char msg[4200];
+    int n = snprintf(msg, sizeof msg, "cannot %s %s: %s", what, path, strerror(err));
+
+    if (n > 0)
+        (void)pmap_buf_set(out, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+    return err;
+}
+
 static int count_file(void *ctx, const void *param, size_t len, pmap_buf *out)
 {
     char path[4096], word[MAX_WORD + 1];
@@ -120,11 +132,17 @@ static int count_file(void *ctx, const void *param, size_t len, pmap_buf *out)
         return EINVAL;
     memcpy(path, param, len);
     path[len] = '\0';
+    errno = 0;
     f = fopen(path, "r");
     if (f == NULL)
-        return errno ? errno : EIO; /* the item reports PMAP_ETASK with this code */
+        return fail_with(out, "open", path, errno ? errno : EIO);
     do {
+        errno = 0;
         c = getc(f);
+        if (c == EOF && ferror(f)) {
+            rc = errno ? errno : EIO; /* a directory: EISDIR, not EIO */
+            break;
+        }
         if (c != EOF && isalnum(c)) {
             if (wl < MAX_WORD)
                 word[wl++] = (char)tolower(c);
@@ -140,9 +158,11 @@ static int count_file(void *ctx, const void *param, size_t len, pmap_buf *out)
             }
         }
     } while (c != EOF);
-    if (rc == 0 && ferror(f))
-        rc = EIO;
     fclose(f);
+    if (rc != 0) {
+        table_free(&t);
+        return fail_with(out, rc == ENOMEM ? "count" : "read", path, rc);
+    }
 
     /* Serialise: "total\n" then "count word\n" per distinct word. */
     need = 32;
@@ -262,7 +282,12 @@ int main(int argc, char **argv)
         size_t distinct;
 
         pmap_progress_add(bar, 1);
-        if (item.status == PMAP_ETASK) {
+        if (item.status == PMAP_ETASK && item.len > 0) {
+            /* The worker's own message, e.g. "cannot open x: No such file". */
+            pmap_progress_printf(bar, stdout, "%s: error: %.*s\n", name, (int)item.len,
+                                 (const char *)item.data);
+            failed = 1;
+        } else if (item.status == PMAP_ETASK) {
             pmap_progress_printf(bar, stdout, "%s: error: %s\n", name, strerror(item.code));
             failed = 1;
         } else if (item.status != PMAP_OK) {

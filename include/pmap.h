@@ -159,7 +159,14 @@ typedef struct pmap_buf pmap_buf;
  * Returns PMAP_OK; PMAP_ETOOBIG if `len` exceeds the pool's
  * max_record_bytes; PMAP_ENOMEM if memory ran out; PMAP_EINVAL if `buf` is
  * NULL or `data` is NULL with a non-zero `len`. On failure the buffer is left
- * empty (length 0). Use inside a generator or a task, on the buffer it was
+ * empty (length 0) and *failed*: until a later pmap_buf_set() or
+ * pmap_buf_reserve() on it succeeds, it is not a record. A failed result
+ * buffer makes its item fail with the failed call's status (PMAP_ETOOBIG,
+ * PMAP_ENOMEM or PMAP_EINVAL, item.code 0, no data) whatever the task
+ * returns; a generator that returns 1 with a failed buffer ends the map
+ * with that status, as a generator error would (after every earlier
+ * record has been returned). So an ignored failure never passes as an
+ * empty record. Use inside a generator or a task, on the buffer it was
  * given.
  */
 PMAP_API int pmap_buf_set(pmap_buf *buf, const void *data, size_t len);
@@ -172,8 +179,9 @@ PMAP_API int pmap_buf_set(pmap_buf *buf, const void *data, size_t len);
  * then trimmed to its final length with a second call, or grown as it is
  * built.
  *
- * Returns NULL, with the buffer left empty, if `len` exceeds
- * max_record_bytes (errno E2BIG), if memory ran out (ENOMEM) or if `buf` is
+ * Returns NULL, with the buffer left empty and failed (as for
+ * pmap_buf_set(): PMAP_ETOOBIG, PMAP_ENOMEM), if `len` exceeds
+ * max_record_bytes (errno E2BIG), if memory ran out (ENOMEM); or if `buf` is
  * NULL (EINVAL). The pointer is valid until the callback returns or the next
  * call on the same buffer. Use inside a generator or a task.
  */
@@ -193,7 +201,11 @@ PMAP_API void *pmap_buf_reserve(pmap_buf *buf, size_t len);
  * untouched `out` is an empty result (len 0).
  *
  * Return 0 on success. Any other value makes the item PMAP_ETASK with
- * item.code = that value (the result bytes are then discarded).
+ * item.code = that value, and what the task left in `out` (any bytes, e.g.
+ * a message such as "cannot open x: No such file or directory", up to
+ * max_record_bytes) arrives as item.data / item.len: leave `out` untouched
+ * (or empty) for no message. A failed `out` (see pmap_buf_set()) overrides
+ * the return value.
  */
 typedef int (*pmap_task_fn)(void *ctx, const void *param, size_t len, pmap_buf *out);
 
@@ -357,14 +369,17 @@ PMAP_API pmap_iter *pmap_imap_unordered(pmap_pool *pool, pmap_gen_fn gen, void *
 typedef struct pmap_item {
     /** 0-based position of the record in the generator's sequence. */
     uint64_t index;
-    /** PMAP_OK, PMAP_ETASK, PMAP_ECRASH, PMAP_ETIMEOUT or PMAP_EPROTO. */
+    /** PMAP_OK, PMAP_ETASK, PMAP_ECRASH, PMAP_ETIMEOUT, PMAP_EPROTO; or
+     *  PMAP_ETOOBIG (PMAP_ENOMEM, PMAP_EINVAL) when the task's last
+     *  pmap_buf_set() / pmap_buf_reserve() on `out` failed. */
     int status;
     /** PMAP_ETASK: the task's return value; PMAP_ECRASH: the signal number
      *  if the worker was killed by one, else its exit status, -1 if
      *  unknowable (the host reaped it, e.g. SIGCHLD set to SIG_IGN);
      *  otherwise 0. */
     int code;
-    /** Result bytes (status PMAP_OK only; NULL when len is 0), aligned to
+    /** Result bytes (PMAP_OK), or the task's message (PMAP_ETASK);
+     *  other statuses have none. NULL when len is 0; aligned to
      *  at least 8 bytes; valid until the next pmap_next() or
      *  pmap_iter_free() on this iterator. */
     const void *data;
@@ -377,7 +392,8 @@ typedef struct pmap_item {
  *
  * Returns PMAP_OK with *item filled; PMAP_DONE when every record has been
  * returned; or a negative status when the map failed as a whole
- * (PMAP_EGEN, PMAP_ESYS, PMAP_EWORKER, PMAP_ENOMEM), after every record
+ * (PMAP_EGEN, PMAP_ESYS, PMAP_EWORKER, PMAP_ENOMEM; or the status of a
+ * failed generator buffer, PMAP_ETOOBIG, see pmap_buf_set()), after every record
  * generated before the failure has been returned. After PMAP_DONE or a
  * failure, further calls return the same value. PMAP_EINVAL for NULL
  * arguments, and in a process that inherited the iterator through fork().
