@@ -175,7 +175,7 @@ static int mixed_task(void *ctx, const void *param, size_t len, pmap_buf *out)
     if (i == MIX_CRASH && ctx == NULL)
         raise(SIGKILL);
     if (i % 23u == 7u) {
-        (void)pmap_buf_set(out, "discarded", 9);
+        (void)pmap_buf_set(out, "a message", 9);
         return 100 + (int)(i % 5u);
     }
     p = pmap_buf_reserve(out, n);
@@ -206,7 +206,7 @@ static void serial_reference(struct ref_item *ref, uint64_t n)
         rc = mixed_task(&serial, &i, sizeof i, &b);
         ref[i].status = rc == 0 ? PMAP_OK : PMAP_ETASK;
         ref[i].code = rc;
-        ref[i].len = rc == 0 ? b.len : 0;
+        ref[i].len = b.len; /* a failed task's bytes are its message */
         assert_true(ref[i].len <= sizeof ref[i].data);
         memcpy(ref[i].data, b.data, ref[i].len);
         pmap__buf_free(&b);
