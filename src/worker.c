@@ -440,8 +440,8 @@ static inline int w_run_fast(struct wctx *c, const unsigned char *param, size_t 
     c->sample_left--;
     len = c->result.len;
     need = c->out.len + len;
-    if (rc != 0 || len != c->out_ulen || need > c->out.cap || c->result.cap == 0 || need >= FLUSH_BYTES ||
-        c->result.cap > RESULT_KEEP) {
+    if (rc != 0 || len != c->out_ulen || need > c->out.cap || c->result.cap == 0 ||
+        need >= FLUSH_BYTES || c->result.cap > RESULT_KEEP) {
         w_after(c, rc, 0, 0);
         return 0;
     }

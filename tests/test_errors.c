@@ -85,7 +85,8 @@ static void test_generator_ignores_failure(void **state)
                 opt.max_record_bytes = MAX_REC;
                 pool = pmap_pool_create(echo, NULL, &opt);
                 assert_non_null(pool);
-                it = ordered ? pmap_imap(pool, bad_gen, &g) : pmap_imap_unordered(pool, bad_gen, &g);
+                it =
+                    ordered ? pmap_imap(pool, bad_gen, &g) : pmap_imap_unordered(pool, bad_gen, &g);
                 assert_non_null(it);
                 while ((rc = pmap_next(it, &item)) == PMAP_OK) {
                     assert_int_equal(item.status, PMAP_OK);
