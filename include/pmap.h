@@ -91,12 +91,12 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 
 #define PMAP_VERSION_MAJOR 1
-#define PMAP_VERSION_MINOR 0
+#define PMAP_VERSION_MINOR 1
 #define PMAP_VERSION_PATCH 0
 /** The version as one number, e.g. 10000 for 1.0.0. */
 #define PMAP_VERSION_NUMBER                                                                        \
     (PMAP_VERSION_MAJOR * 10000 + PMAP_VERSION_MINOR * 100 + PMAP_VERSION_PATCH)
-#define PMAP_VERSION_STRING "1.0.0"
+#define PMAP_VERSION_STRING "1.1.0"
 
 /**
  * Return the version of the library actually linked, as "MAJOR.MINOR.PATCH".
@@ -426,7 +426,7 @@ PMAP_API int pmap_next(pmap_iter *it, pmap_item *item);
 PMAP_API int pmap_iter_free(pmap_iter *it);
 
 /* ------------------------------------------------------------------------ */
-/* Inside an event loop                                                     */
+/* Inside an event loop (since 1.1)                                         */
 /* ------------------------------------------------------------------------ */
 
 /*
