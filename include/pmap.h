@@ -403,11 +403,16 @@ typedef struct pmap_item {
  * records that were running are lost with it: in input order the items
  * after them still come out, with gaps.
  *
- * A record whose worker crashed (or was killed for a timeout) may have to
- * run again to pin the failure on the exact record: the records that shared
- * a batch with it, and whose results had not come back, run once more on a
- * fresh worker. That is the only case in which a record runs more than
- * once. Caller process only.
+ * When a worker crashes (or is killed for a timeout), the records of its
+ * batches whose results had not come back run on a fresh worker: those
+ * that had not started yet, and those that had finished but whose results
+ * were still waiting to be sent with the rest of the batch. A record of the
+ * second kind runs once more, and then its result is sent as soon as it is
+ * ready, so no later crash can make it run a third time: a task never runs
+ * to the end more than twice on one record. That is the only case in which
+ * a record runs more than once; with chunk = 1 (batches of one record) it
+ * never does. The crashed record itself is not run again. Caller process
+ * only.
  */
 PMAP_API int pmap_next(pmap_iter *it, pmap_item *item);
 

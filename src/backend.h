@@ -34,7 +34,12 @@ struct pmap__rec {
     unsigned state; /* the iterator's; a backend never reads it */
     struct pmap_buf param;
     int code;
-    unsigned tries; /* re-runs caused by failures that no record could be blamed for */
+    uint16_t tries; /* re-runs caused by failures that no record could be blamed for */
+    /* 1: the record ran to the end once and its result was lost with its
+     * worker. It runs again only in a batch whose records all have it set,
+     * and the backend then returns each result as soon as it is ready, so
+     * that no crash of a later batch-mate can lose it a second time. */
+    uint16_t lost;
     uint32_t next;  /* the iterator's intrusive queue link */
 };
 
@@ -48,7 +53,7 @@ struct pmap__sink {
      * one indirect call instead of n). May be NULL: then done() each. */
     void (*done_many)(void *it, struct pmap__rec *const *recs, uint32_t n);
     /* The record did not finish on its worker through no fault of its own:
-     * queue it to run again. */
+     * queue it to run again (r->lost set if it had run to the end). */
     void (*retry)(void *it, struct pmap__rec *r);
     /* A worker ran `count` records in `task_us` microseconds (sizes the
      * adaptive batches). May be NULL. */
@@ -91,7 +96,8 @@ struct pmap__backend_ops {
     uint32_t (*room)(void *be, int w);
     /* Records submitted to place w and not yet reported. */
     uint32_t (*inflight)(void *be, int w);
-    /* Queue a batch for place w (room() permitting). 0 or a fatal status. */
+    /* Queue a batch for place w (room() permitting). 0 or a fatal status.
+     * Either every record of the batch is lost or none is (recs[0] says). */
     int (*submit)(void *be, int w, struct pmap__rec **recs, uint32_t n);
     /* Bring places back, move bytes, wait up to timeout_ms (-1: until
      * something happens) for results and faults, report them to the sink.

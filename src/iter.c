@@ -320,6 +320,7 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     r->status = PMAP_OK;
     r->code = 0;
     r->tries = 0;
+    r->lost = 0;
     r->result.len = 0;
     it->live_bytes += r->param.len;
     return r;
@@ -393,6 +394,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         r->status = PMAP_OK;
         r->code = 0;
         r->tries = 0;
+        r->lost = 0;
         live += r->param.len;
         out[n++] = r;
     }
@@ -418,6 +420,26 @@ static int batch_short(const struct pmap_iter *it, uint32_t n)
     if (it->gen_state != G_RUNNING)
         return 1;
     return it->window - (it->generated - it->returned) < n;
+}
+
+/* Fill it->batch with up to `limit` records of the retry queue, all lost
+ * or all not (the backend's submit contract): a lost record's result is
+ * returned on its own as soon as it is ready, which a batch of other
+ * records would pay for too. Returns how many. */
+static PMAP__RARE uint32_t take_retries(struct pmap_iter *it, uint32_t limit)
+{
+    uint32_t n = 0;
+
+    while (n < limit && it->retry.head != NONE) {
+        struct pmap__rec *r = &it->recs[it->retry.head];
+
+        if (n > 0 && r->lost != it->batch[0]->lost)
+            break;
+        (void)q_pop(it, &it->retry);
+        r->state = R_FLIGHT;
+        it->batch[n++] = r;
+    }
+    return n;
 }
 
 /* Give place w whole batches of `chunk` until it has `target` records in
@@ -449,15 +471,9 @@ static int fill_worker(struct pmap_iter *it, int w, uint32_t chunk, uint32_t tar
             break;
         /* Records to run again first; the retry queue changes only
          * in pump(), so once it is empty the rest are new ones. */
-        while (n < limit) {
-            struct pmap__rec *r = q_pop(it, &it->retry);
-
-            if (r == NULL)
-                break;
-            r->state = R_FLIGHT;
-            it->batch[n++] = r;
-        }
-        if (n < limit)
+        if (it->retry.head != NONE)
+            n = take_retries(it, limit);
+        if (n < limit && (n == 0 || !it->batch[0]->lost))
             n += generate_run(it, it->batch + n, limit - n);
         if (n == 0)
             return 1;

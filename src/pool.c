@@ -359,15 +359,22 @@ static void finalize(struct pool *p, struct worker *w, int code)
             else
                 unexplained = 1;
         }
+        /* Records before the last one started ran to the end, but their
+         * results never came out. */
+        if (started > w->sent)
+            started = w->sent;
         for (seq = w->recv; seq < w->sent; seq++) {
             struct pmap__rec *r = fifo_at(w, seq);
 
-            if (seq == culprit)
+            if (seq == culprit) {
                 report_failed(s, r, status, code);
-            else if (unexplained && ++r->tries >= UNEXPLAINED_TRIES)
+            } else if (unexplained && ++r->tries >= UNEXPLAINED_TRIES) {
                 report_failed(s, r, PMAP_ECRASH, code);
-            else
+            } else {
+                if (seq + 1 < started)
+                    r->lost = 1;
                 s->retry(s->it, r);
+            }
         }
     }
     place_reset(w);
@@ -783,7 +790,7 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
             inl += pmap__rec_hdr_size(len) + (len <= INLINE_MAX ? len : 0);
         }
     }
-    f.flags = uniform ? PMAP__F_UNIFORM : 0;
+    f.flags = (uniform ? PMAP__F_UNIFORM : 0u) | (recs[0]->lost ? PMAP__F_EACH : 0u);
     /* One reservation for the whole frame, then the headers and the small
      * parameters are written in place; a large parameter is a segment of
      * its own, written from the record without a copy. On ENOMEM the map

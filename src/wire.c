@@ -125,7 +125,7 @@ static int parse_hdr(struct pmap__decoder *d, const unsigned char *h)
     f.aux = get32(h + 24);
     if (f.kind < PMAP__K_TASKS || f.kind > PMAP__K_RETIRE || f.count > PMAP__FRAME_MAX_COUNT)
         return pmap__decoder_fail(d, PMAP_EPROTO);
-    if ((f.flags & ~PMAP__F_UNIFORM) != 0)
+    if ((f.flags & ~(PMAP__F_UNIFORM | (f.kind == PMAP__K_TASKS ? PMAP__F_EACH : 0u))) != 0)
         return pmap__decoder_fail(d, PMAP_EPROTO);
     if (f.kind == PMAP__K_READY || f.kind == PMAP__K_RETIRE) {
         if (f.count != 0 || f.bytes != 0 || f.flags != 0)

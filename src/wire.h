@@ -69,6 +69,9 @@ static inline size_t pmap__rec_status(unsigned char *out, int status)
 }
 
 #define PMAP__F_UNIFORM 0x100u /* frame flag: headerless records of bytes / count */
+/* Task frame flag: return each result as soon as it is ready (records
+ * whose results were once lost with a crashed worker). */
+#define PMAP__F_EACH 0x200u
 
 struct pmap__frame {
     unsigned kind;
@@ -76,7 +79,7 @@ struct pmap__frame {
     uint32_t seq;   /* low 32 bits of the sequence number of the first record */
     uint64_t bytes; /* the records with their headers */
     uint32_t aux;
-    unsigned flags; /* PMAP__F_UNIFORM or 0 */
+    unsigned flags; /* PMAP__F_UNIFORM, PMAP__F_EACH (tasks only) or 0 */
 };
 
 void pmap__frame_hdr(unsigned char out[PMAP__HDR_SIZE], const struct pmap__frame *f);

@@ -84,6 +84,7 @@ struct wctx {
     int rfd, wfd;
     uint64_t seq;   /* records received */
     uint64_t begun; /* records whose task has started */
+    int each;       /* this frame's results go out one by one (PMAP__F_EACH) */
     struct pmap_buf param, result, out;
     uint32_t out_count;
     int out_uniform; /* `out` holds bare results of out_ulen bytes each */
@@ -286,6 +287,7 @@ static int w_frame(void *ud, const struct pmap__frame *f)
 
     if (f->kind != PMAP__K_TASKS || f->seq != (uint32_t)c->seq)
         w_exit(PMAP__EXIT_PROTO);
+    c->each = (f->flags & PMAP__F_EACH) != 0;
     if (f->count > 1)
         w_batch_begin(c);
     return 0;
@@ -406,7 +408,8 @@ static PMAP__NOINLINE void w_after(struct wctx *c, int rc, int timed, uint64_t t
         c->out_count++;
         c->out_task_ns += task_ns;
     }
-    if (c->out.len >= FLUSH_BYTES || (timed && c->out_count && t1 - c->out_t0 >= FLUSH_NS))
+    if (c->out.len >= FLUSH_BYTES || c->each ||
+        (timed && c->out_count && t1 - c->out_t0 >= FLUSH_NS))
         w_flush(c);
     /* Keep a task's one-off huge result from pinning memory forever. */
     if (c->result.cap > RESULT_KEEP)

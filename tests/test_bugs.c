@@ -8,6 +8,8 @@
  *  - calls from inside the generator on its own iterator (pmap_next,
  *    pmap_iter_free, pmap_imap*, pmap_pool_destroy): PMAP_EBUSY / EBUSY and
  *    no harm done, while another pool's iterator stays usable there;
+ *  - a record that shared a batch with crashes runs to the end at most
+ *    twice, whatever its later batch-mates do (it ran up to four times);
  *  - n records on n idle workers run at the same time, one per worker
  *    (dispatch once filled one worker's queue before the next got any);
  *  - pmap_buf_reserve keeps the bytes it promises across the boundary of
@@ -283,6 +285,150 @@ static void test_small_windows(void **state)
     }
     free(ref);
     tu_snap_check(&snap);
+}
+
+/* ------------------------------------------------------------------------ */
+/* How often a batch-mate of a crash runs                                   */
+/* ------------------------------------------------------------------------ */
+
+#define RERUN_RECORDS 480u
+#define RERUN_CHUNK 16u
+/* Far above what a short task or a crash can take on a loaded machine or
+ * under valgrind (as the fault suite's limit). */
+#define RERUN_LIMIT_MS 1000u
+
+/* Completed runs of each record, in memory the workers share. */
+static _Atomic unsigned *rerun_runs;
+static int rerun_hang; /* index of the record that never ends, or -1 */
+
+/* What record i does: 0 returns mix64(i); SIGKILL or 3 (_exit) end its
+ * worker; -1 never returns. Two deaths in most batches of RERUN_CHUNK, at
+ * either end and in the middle, so that records run again after one crash
+ * share their next batch with another. */
+static int rerun_fault(uint64_t i)
+{
+    if ((int64_t)i == rerun_hang)
+        return -1;
+    switch (i % RERUN_CHUNK) {
+    case 5:
+        return SIGKILL;
+    case 11:
+        return i % 3u == 0 ? 0 : 3;
+    case 15:
+        return i % 5u == 0 ? SIGKILL : 0;
+    default:
+        return 0;
+    }
+}
+
+static int rerun_task(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    uint64_t i = get_u64(param, len);
+    uint64_t v = mix64(i);
+    int f;
+
+    (void)ctx;
+    if (i >= RERUN_RECORDS)
+        return 9999;
+    f = rerun_fault(i);
+    if (f == SIGKILL)
+        raise(SIGKILL);
+    if (f == 3)
+        _exit(3);
+    if (f == -1)
+        for (;;)
+            pause();
+    if (pmap_buf_set(out, &v, sizeof v) != PMAP_OK)
+        return 9998;
+    atomic_fetch_add(&rerun_runs[i], 1u);
+    return 0;
+}
+
+/* One map; returns how many records ran twice. */
+static unsigned rerun_case(int workers, unsigned chunk, int ordered, int hang)
+{
+    struct lead_gen g = {0, RERUN_RECORDS, 0, 0};
+    pmap_options opt;
+    pmap_pool *pool;
+    pmap_iter *it;
+    pmap_item item;
+    unsigned twice = 0, seen = 0;
+    uint64_t i;
+    int rc;
+
+    for (i = 0; i < RERUN_RECORDS; i++)
+        atomic_store(&rerun_runs[i], 0u);
+    rerun_hang = hang;
+    pmap_options_init(&opt);
+    opt.workers = workers;
+    opt.chunk = chunk;
+    if (hang >= 0)
+        opt.task_timeout_ms = RERUN_LIMIT_MS;
+    pool = pmap_pool_create(rerun_task, NULL, &opt);
+    assert_non_null(pool);
+    it = ordered ? pmap_imap(pool, lead_gen, &g) : pmap_imap_unordered(pool, lead_gen, &g);
+    assert_non_null(it);
+    while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+        int f = rerun_fault(item.index);
+        uint64_t v = mix64(item.index);
+
+        seen++;
+        g.consumed++;
+        if (ordered)
+            assert_int_equal(item.index, seen - 1u);
+        if (f == 0) {
+            assert_int_equal(item.status, PMAP_OK);
+            assert_int_equal(item.len, sizeof v);
+            assert_memory_equal(item.data, &v, sizeof v);
+        } else if (f == -1) {
+            assert_int_equal(item.status, PMAP_ETIMEOUT);
+        } else {
+            assert_int_equal(item.status, PMAP_ECRASH);
+            assert_int_equal(item.code, f);
+        }
+    }
+    assert_int_equal(rc, PMAP_DONE);
+    assert_int_equal(seen, RERUN_RECORDS);
+    assert_int_equal(pmap_iter_free(it), 0);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    for (i = 0; i < RERUN_RECORDS; i++) {
+        unsigned runs = atomic_load(&rerun_runs[i]);
+
+        if (rerun_fault(i) != 0)
+            continue;
+        if (runs < 1u || runs > 2u)
+            fail_msg("workers %d chunk %u %s: record %llu ran %u times", workers, chunk,
+                     ordered ? "ordered" : "unordered", (unsigned long long)i, runs);
+        if (chunk == 1u && runs != 1u)
+            fail_msg("chunk 1: record %llu ran %u times", (unsigned long long)i, runs);
+        twice += runs == 2u;
+    }
+    return twice;
+}
+
+/* A record that shared a batch with a crash, finished and lost its result
+ * runs once more, and never again however many of its new batch-mates
+ * crash (or time out); with batches of one record none runs twice. */
+static void test_rerun_bound(void **state)
+{
+    struct tu_snap snap;
+    unsigned twice;
+
+    (void)state;
+    rerun_runs = mmap(NULL, RERUN_RECORDS * sizeof *rerun_runs, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(rerun_runs != MAP_FAILED);
+    tu_snap_take(&snap);
+    /* One worker: every re-run batch meets the next crashes. */
+    twice = rerun_case(1, RERUN_CHUNK, 1, -1);
+    /* The test means something only if records did run again. */
+    assert_true(twice > 0u);
+    (void)rerun_case(2, RERUN_CHUNK, 0, -1);
+    (void)rerun_case(2, 0, 1, -1);
+    (void)rerun_case(1, RERUN_CHUNK, 1, (int)(3u * RERUN_CHUNK + 2u));
+    (void)rerun_case(2, 1, 0, -1);
+    tu_snap_check(&snap);
+    assert_int_equal(munmap((void *)rerun_runs, RERUN_RECORDS * sizeof *rerun_runs), 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -824,6 +970,7 @@ int main(void)
         cmocka_unit_test(test_reserve_failure_empties),
         cmocka_unit_test(test_reserve_in_map),
         cmocka_unit_test(test_small_windows),
+        cmocka_unit_test(test_rerun_bound),
         cmocka_unit_test(test_one_record_per_worker),
         cmocka_unit_test(test_reenter_imap),
         cmocka_unit_test(test_reenter_pool_destroy),
