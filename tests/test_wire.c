@@ -334,6 +334,8 @@ static unsigned make_frames(struct tframe *fr, unsigned max_frames, int big)
         struct tframe *f = &fr[nf];
 
         f->kind = k % 2 ? PMAP__K_RESULTS : PMAP__K_TASKS;
+        if (k % 4 == 2)
+            f->kind |= PMAP__F_EACH; /* re-runs of lost records */
         f->seq = 1000u * k + 0xfffff000u; /* wraps: the sequence is 32-bit */
         f->aux = k * 77u;
         f->n = k;
@@ -357,7 +359,8 @@ static unsigned make_frames(struct tframe *fr, unsigned max_frames, int big)
     for (k = 0; k < 3 && nf < max_frames; k++, nf++) {
         struct tframe *f = &fr[nf];
 
-        f->kind = (k ? PMAP__K_RESULTS : PMAP__K_TASKS) | PMAP__F_UNIFORM;
+        f->kind = k ? PMAP__K_RESULTS | PMAP__F_UNIFORM
+                    : PMAP__K_TASKS | PMAP__F_UNIFORM | PMAP__F_EACH;
         f->seq = 5000u + k;
         f->aux = k;
         f->n = 5 - k;
@@ -797,6 +800,7 @@ enum bad_id {
     B_UNI_OVER_MAX,
     B_UNI_READY,
     B_FLAG_UNKNOWN,
+    B_FLAG_TASKS_UNKNOWN,
     B_UNI_SHORT,
     B_TRL_MAGIC,
     B_TRL_CHECK,
@@ -838,6 +842,7 @@ static const char *const bad_names[B_COUNT] = {
     "uniform records over max",
     "uniform READY",
     "unknown frame flag",
+    "unknown task frame flag",
     "uniform frame cut short by the next header",
     "bad trailer magic",
     "bad trailer check",
@@ -992,10 +997,15 @@ static void make_bad(struct bytes *b, enum bad_id id)
         put_hdr(b, PMAP__K_READY | PMAP__F_UNIFORM, 0, 0, 0);
         put_trl_for(b, PMAP__K_READY | PMAP__F_UNIFORM, 0, 0, 0, 0);
         break;
-    case B_FLAG_UNKNOWN:
-        put_hdr(b, PMAP__K_RESULTS | 0x200u, 1, 0, PMAP__REC_SIZE);
+    case B_FLAG_UNKNOWN: /* PMAP__F_EACH is for task frames only */
+        put_hdr(b, PMAP__K_RESULTS | PMAP__F_EACH, 1, 0, PMAP__REC_SIZE);
         put_rec(b, 0, 0);
-        put_trl_for(b, PMAP__K_RESULTS | 0x200u, 1, 0, PMAP__REC_SIZE, 0);
+        put_trl_for(b, PMAP__K_RESULTS | PMAP__F_EACH, 1, 0, PMAP__REC_SIZE, 0);
+        break;
+    case B_FLAG_TASKS_UNKNOWN:
+        put_hdr(b, PMAP__K_TASKS | 0x400u, 1, 0, PMAP__REC_SIZE);
+        put_rec(b, 0, 0);
+        put_trl_for(b, PMAP__K_TASKS | 0x400u, 1, 0, PMAP__REC_SIZE, 0);
         break;
     case B_UNI_SHORT: {
         /* Says 4 records of 10 bytes, holds 3: the next frame's header is
