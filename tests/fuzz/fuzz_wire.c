@@ -48,10 +48,13 @@ static int on_frame(void *ud, const struct pmap__frame *f)
     CHECK(!s->in_frame && !s->in_record);
     CHECK(f->kind >= PMAP__K_TASKS && f->kind <= PMAP__K_RETIRE);
     CHECK(f->count <= PMAP__FRAME_MAX_COUNT);
+    /* EACH is a task frame's flag only; UNIFORM may go with it. */
+    CHECK((f->flags & ~(PMAP__F_UNIFORM | PMAP__F_EACH)) == 0);
+    CHECK(!(f->flags & PMAP__F_EACH) || f->kind == PMAP__K_TASKS);
     if (f->flags & PMAP__F_UNIFORM) /* bare records of bytes / count each */
         CHECK(f->count > 0 && f->bytes % f->count == 0 && f->bytes / f->count <= s->max);
     else
-        CHECK(f->flags == 0 && f->bytes >= (uint64_t)f->count * PMAP__REC_SIZE);
+        CHECK(f->bytes >= (uint64_t)f->count * PMAP__REC_SIZE);
     mixin(s, 1);
     mixin(s, f->kind);
     mixin(s, f->count);
@@ -73,9 +76,11 @@ static unsigned char *on_record(void *ud, unsigned status, int code, uint64_t le
     CHECK(s->in_frame && !s->in_record);
     CHECK(len <= s->max);           /* never more than max_record_bytes */
     CHECK(s->records < s->frame_count);
-    CHECK(status == PMAP__R_OK || status == PMAP__R_TASKERR);
-    CHECK((status == PMAP__R_OK) == (code == 0)); /* a task error has a code */
-    CHECK(status == PMAP__R_OK || len == 0);      /* and no payload */
+    CHECK(status == PMAP__R_OK || status == PMAP__R_TASKERR || status == PMAP__R_STATUS);
+    CHECK((status == PMAP__R_OK) == (code == 0)); /* a failure has a code */
+    /* A task error may carry its message; a status record is a library
+     * status (negative) and carries nothing. */
+    CHECK(status != PMAP__R_STATUS || (code < 0 && len == 0));
     mixin(s, 2);
     mixin(s, status);
     mixin(s, (uint64_t)(uint32_t)code);

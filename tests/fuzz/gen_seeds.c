@@ -154,6 +154,37 @@ int main(int argc, char **argv)
     }
     rc |= save(argv[1], "uniform");
 
+    start(5, 10); /* a task error with its message, then a status record */
+    {
+        struct pmap__frame f = {PMAP__K_RESULTS, 2, 0, 0, 0, 0};
+        unsigned char h[PMAP__HDR_SIZE], r[PMAP__REC_XSIZE], st[PMAP__REC_XSIZE];
+        unsigned char t[PMAP__TRL_SIZE];
+        size_t rn = pmap__rec_hdr(r, 2, 11), sn = pmap__rec_status(st, PMAP_ENOMEM);
+
+        f.bytes = rn + 11 + sn;
+        pmap__frame_hdr(h, &f);
+        pmap__frame_trl(t, &f);
+        put(h, sizeof h);
+        put(r, rn);
+        put("cannot open", 11);
+        put(st, sn);
+        put(t, sizeof t);
+    }
+    rc |= save(argv[1], "messages");
+
+    start(4, 11); /* a task frame whose results go back one by one */
+    {
+        struct pmap__frame f = {PMAP__K_TASKS, 2, 0, 2 * 8, 0, PMAP__F_UNIFORM | PMAP__F_EACH};
+        unsigned char h[PMAP__HDR_SIZE], t[PMAP__TRL_SIZE];
+
+        pmap__frame_hdr(h, &f);
+        pmap__frame_trl(t, &f);
+        put(h, sizeof h);
+        put("0123456789abcdef", 16);
+        put(t, sizeof t);
+    }
+    rc |= save(argv[1], "each");
+
     start(8 | 2, 7); /* the frame callback refuses RESULTS frames */
     records(PMAP__K_RESULTS, 0, 2, lens + 1, NULL);
     rc |= save(argv[1], "refused");
