@@ -1,5 +1,5 @@
 /*
- * Large records echoed: each parameter is S bytes (1, 8, 64 MiB) and the
+ * Large records echoed: each parameter is S bytes (64 KiB, 1, 8, 64 MiB) and the
  * task returns the same S bytes. Beside it, in the same program, the limit:
  * a plain parent -> child -> parent copy through two pipes, the parent
  * writing and reading at once (poll), the child reading each record whole
@@ -7,7 +7,8 @@
  * (what libpmap asks for).
  *
  *   bench_large [total_MiB]     bytes echoed per size (default 512)
- *   env BENCH_WORKERS, BENCH_REPEAT (default 3, best printed)
+ *   env BENCH_WORKERS, BENCH_REPEAT (default 3, best printed),
+ *       BENCH_KIB (run only the size of that many KiB, e.g. 8192)
  *
  * Figures per size S: large_S_echo MB/s (record bytes per second, each
  * record crossing twice, as in the pipe copy), large_S_pipe_default MB/s,
@@ -203,22 +204,34 @@ static double run_pipe(size_t size, uint64_t n, int big_buffer)
     return (double)total / t / 1e6;
 }
 
+/* "64KiB", "8MiB": the size as the figures name it. */
+static void size_name(char *dst, size_t cap, size_t kib)
+{
+    if (kib < 1024)
+        snprintf(dst, cap, "%zuKiB", kib);
+    else
+        snprintf(dst, cap, "%zuMiB", kib >> 10);
+}
+
 int main(int argc, char **argv)
 {
-    static const size_t mib[] = {1, 8, 64};
+    static const size_t kib[] = {64, 1024, 8192, 65536};
     uint64_t total = (argc > 1 ? strtoull(argv[1], NULL, 10) : 512u) << 20;
     long repeat = bu_env_long("BENCH_REPEAT", 3), r;
+    long only = bu_env_long("BENCH_KIB", 0);
     size_t i;
 
     if (repeat < 1)
         repeat = 1;
     signal(SIGPIPE, SIG_IGN); /* the plain copy's own pipes (libpmap needs nothing) */
-    for (i = 0; i < sizeof mib / sizeof mib[0]; i++) {
-        size_t size = mib[i] << 20;
+    for (i = 0; i < sizeof kib / sizeof kib[0]; i++) {
+        size_t size = kib[i] << 10;
         uint64_t n = total / size < 4 ? 4 : total / size;
         double echo = 0, pipe_def = 0, pipe_big = 0, best;
-        char name[64];
+        char sz[32], name[64];
 
+        if (only > 0 && (size_t)only != kib[i])
+            continue;
         for (r = 0; r < repeat; r++) {
             double v = run_echo(size, n);
 
@@ -229,13 +242,14 @@ int main(int argc, char **argv)
             pipe_big = v > pipe_big ? v : pipe_big;
         }
         best = pipe_big > pipe_def ? pipe_big : pipe_def;
-        snprintf(name, sizeof name, "large_%zuMiB_echo", mib[i]);
+        size_name(sz, sizeof sz, kib[i]);
+        snprintf(name, sizeof name, "large_%s_echo", sz);
         bu_figure(name, echo, "MB/s");
-        snprintf(name, sizeof name, "large_%zuMiB_pipe_default", mib[i]);
+        snprintf(name, sizeof name, "large_%s_pipe_default", sz);
         bu_figure(name, pipe_def, "MB/s");
-        snprintf(name, sizeof name, "large_%zuMiB_pipe", mib[i]);
+        snprintf(name, sizeof name, "large_%s_pipe", sz);
         bu_figure(name, pipe_big, "MB/s");
-        snprintf(name, sizeof name, "large_%zuMiB_vs_pipe", mib[i]);
+        snprintf(name, sizeof name, "large_%s_vs_pipe", sz);
         bu_figure(name, 100.0 * echo / best, "%");
     }
     return 0;

@@ -103,6 +103,10 @@ END {
         row("1 ms tasks, 2 workers: wall vs OpenMP (s)", v["cpu_1ms_pmap_w2"], "", sprintf("%.3gx", r), "<= 1.05x omp", r <= 1.05 ? "met" : "MISSED")
         printf "%-44s %10s %10s %9s\n", "  (OpenMP wall, s; OpenMP speedup, x)", fmt(v["cpu_1ms_omp_w2"]), fmt(v["cpu_1ms_omp_w2_speedup"]), ""
     }
+    if (has("large_64KiB_vs_pipe")) {
+        rate("64 KiB echo (MB/s)", "large_64KiB_echo", "py_large_64KiB_echo", "", "")
+        row("  64 KiB echo vs plain pipe copy (%)", v["large_64KiB_echo"], "", sprintf("%.0f%%", v["large_64KiB_vs_pipe"]), "", "")
+    }
     for (s = 1; s <= 3; s++) {
         m = s == 1 ? 1 : s == 2 ? 8 : 64
         rate(sprintf("%d MiB echo (MB/s)", m), "large_" m "MiB_echo", "py_large_" m "MiB_echo", "", "")
