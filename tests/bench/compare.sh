@@ -103,16 +103,14 @@ END {
         row("1 ms tasks, 2 workers: wall vs OpenMP (s)", v["cpu_1ms_pmap_w2"], "", sprintf("%.3gx", r), "<= 1.05x omp", r <= 1.05 ? "met" : "MISSED")
         printf "%-44s %10s %10s %9s\n", "  (OpenMP wall, s; OpenMP speedup, x)", fmt(v["cpu_1ms_omp_w2"]), fmt(v["cpu_1ms_omp_w2_speedup"]), ""
     }
-    if (has("large_64KiB_vs_pipe")) {
-        rate("64 KiB echo (MB/s)", "large_64KiB_echo", "py_large_64KiB_echo", "", "")
-        row("  64 KiB echo vs plain pipe copy (%)", v["large_64KiB_echo"], "", sprintf("%.0f%%", v["large_64KiB_vs_pipe"]), "", "")
-    }
-    for (s = 1; s <= 3; s++) {
-        m = s == 1 ? 1 : s == 2 ? 8 : 64
-        rate(sprintf("%d MiB echo (MB/s)", m), "large_" m "MiB_echo", "py_large_" m "MiB_echo", "", "")
-        if (has("large_" m "MiB_vs_pipe")) {
-            r = v["large_" m "MiB_vs_pipe"]
-            row(sprintf("  %d MiB echo vs plain pipe copy (%%)", m), v["large_" m "MiB_echo"], "", sprintf("%.0f%%", r), m == 8 ? ">= 50%" : "", m == 8 ? (r >= 50 ? "met" : "MISSED") : "")
+    for (s = 0; s <= 3; s++) {
+        # the figures name sizes "64KiB", "1MiB", ...; the table "64 KiB", "1 MiB", ...
+        sz = s == 0 ? "64KiB" : s == 1 ? "1MiB" : s == 2 ? "8MiB" : "64MiB"
+        label = sz; sub(/[KM]iB$/, " &", label)
+        rate(label " echo (MB/s)", "large_" sz "_echo", "py_large_" sz "_echo", "", "")
+        if (has("large_" sz "_vs_pipe")) {
+            r = v["large_" sz "_vs_pipe"]
+            row("  " label " echo vs plain pipe copy (%)", v["large_" sz "_echo"], "", sprintf("%.0f%%", r), sz == "8MiB" ? ">= 50%" : "", sz == "8MiB" ? (r >= 50 ? "met" : "MISSED") : "")
         }
     }
     lower("latency, one record, idle pool (us)", "latency_idle_us", "py_latency_idle_us", "", "")
