@@ -279,7 +279,21 @@ typedef struct pmap_options {
     /** Replace a worker once its resident memory exceeds this many bytes,
      *  checked after each record (Linux; ignored elsewhere). 0: no limit. */
     size_t max_worker_rss;
+    /** How workers are started (since 1.1): PMAP_START_FORK (0, the
+     *  default) forks each worker, first ones and replacements, from the
+     *  caller at that moment; PMAP_START_FORKSERVER makes
+     *  pmap_pool_create() fork one server process that forks every worker
+     *  of the pool, so the caller may start threads and take locks after
+     *  pmap_pool_create() and replacements still start cleanly, every
+     *  worker sees the caller's memory as it was at pmap_pool_create(),
+     *  and a replacement costs the caller no fork of its own. Any other
+     *  value is EINVAL at pmap_pool_create(). Not implemented yet: the
+     *  value is accepted and workers are still forked by the caller. */
+    int start_method;
 } pmap_options;
+
+/** Values of pmap_options.start_method (since 1.1). */
+enum { PMAP_START_FORK = 0, PMAP_START_FORKSERVER = 1 };
 
 /**
  * Fill `opt` with the defaults (all zero: automatic worker count, adaptive
@@ -299,9 +313,9 @@ PMAP_API void pmap_options_init(pmap_options *opt);
  * is copied.
  *
  * Returns the pool, or NULL with errno set: EINVAL (NULL fn, negative
- * workers), ENOMEM, ECHILD (worker_init failed, or a worker died while
- * starting), or the errno of a failed system call (EAGAIN from fork, EMFILE,
- * ...). On failure no child process or descriptor is left behind.
+ * workers, unknown start_method), ENOMEM, ECHILD (worker_init failed, or a
+ * worker died while starting), or the errno of a failed system call (EAGAIN
+ * from fork, EMFILE, ...). On failure no child process or descriptor is left behind.
  *
  * `ctx` must stay valid for the life of the pool when the task or
  * worker_init reads it: replacement workers fork later and see it then.
