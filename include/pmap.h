@@ -368,6 +368,25 @@ PMAP_API pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx);
  */
 PMAP_API pmap_iter *pmap_imap_unordered(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx);
 
+/**
+ * As pmap_imap(), over an array instead of a generator: record i is the
+ * `size` bytes at `(const char *)base + i * size`, for i in [0, count).
+ * item.index is i. The array is read by pmap_next() while the map runs
+ * (one record at a time, as a generator would), so it must stay valid and
+ * unchanged until the last item is returned or the iterator is freed.
+ * `size` may be 0 (empty records); `base` may be NULL when count or size
+ * is 0.
+ *
+ * Returns the iterator, or NULL with errno set: as pmap_imap(), and EINVAL
+ * (NULL base with records to read), E2BIG (`size` exceeds the pool's
+ * max_record_bytes). Since 1.1.
+ */
+PMAP_API pmap_iter *pmap_imap_array(pmap_pool *pool, const void *base, size_t count, size_t size);
+
+/** pmap_imap_array() with results in no particular order. Since 1.1. */
+PMAP_API pmap_iter *pmap_imap_array_unordered(pmap_pool *pool, const void *base, size_t count,
+                                              size_t size);
+
 /** One result of a map, filled by pmap_next(). */
 typedef struct pmap_item {
     /** 0-based position of the record in the generator's sequence. */

@@ -130,6 +130,9 @@ struct pmap_iter {
     int ev_epfd;      /* pmap_iter_fd's epoll set, -1 until asked for */
     int ev_efd;       /* in it, an eventfd that holds a count exactly while !quiet */
     int ev_nofd;      /* the backend has no descriptor: pmap_iter_timeout polls */
+    /* pmap_imap_array: the caller's array, read by array_gen. */
+    const unsigned char *arr_base;
+    size_t arr_size, arr_count, arr_next;
 };
 
 static uint32_t slot_of(const struct pmap_iter *it, const struct pmap__rec *r)
@@ -795,6 +798,59 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     pool->iter = it;
     it->ops->begin(it->be);
     return it;
+}
+
+/* The generator of pmap_imap_array: the iterator is its own gen_ctx, so
+ * the array map needs nothing beside the iterator to free. */
+static int array_gen(void *gen_ctx, pmap_buf *param)
+{
+    struct pmap_iter *it = gen_ctx;
+    const unsigned char *p;
+
+    if (it->arr_next == it->arr_count)
+        return 0;
+    p = it->arr_base + it->arr_next * it->arr_size;
+    it->arr_next++;
+    /* The size was checked against max_record_bytes when the map began,
+     * so this fails only with PMAP_ENOMEM, which ends the map with it. */
+    (void)pmap_buf_set(param, it->arr_size ? p : NULL, it->arr_size);
+    return 1;
+}
+
+static pmap_iter *array_new(pmap_pool *pool, const void *base, size_t count, size_t size,
+                            int ordered)
+{
+    struct pmap_iter *it;
+
+    if (base == NULL && count > 0 && size > 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (pool != NULL && size > pool->max_record) {
+        errno = E2BIG;
+        return NULL;
+    }
+    /* A placeholder context: array_gen's is the iterator itself. */
+    it = iter_new(pool, array_gen, NULL, ordered);
+    if (it == NULL)
+        return NULL;
+    it->gen_ctx = it;
+    it->arr_base = base;
+    it->arr_size = size;
+    it->arr_count = count;
+    it->arr_next = 0;
+    return it;
+}
+
+pmap_iter *pmap_imap_array(pmap_pool *pool, const void *base, size_t count, size_t size)
+{
+    return array_new(pool, base, count, size, 1);
+}
+
+pmap_iter *pmap_imap_array_unordered(pmap_pool *pool, const void *base, size_t count,
+                                     size_t size)
+{
+    return array_new(pool, base, count, size, 0);
 }
 
 pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx)
