@@ -282,6 +282,17 @@ typedef struct pmap_options {
     /** Replace a worker once its resident memory exceeds this many bytes,
      *  checked after each record (Linux; ignored elsewhere). 0: no limit. */
     size_t max_worker_rss;
+    /** Since 1.1. A record whose worker crashed (PMAP_ECRASH) or was killed
+     *  for its time limit (PMAP_ETIMEOUT) runs again, on another worker
+     *  (the one it killed is replaced), up to this many times; only its
+     *  last outcome is reported, so with 1 a record that fails once and
+     *  then succeeds arrives as PMAP_OK. Retries count per record: a record
+     *  sent again only because it shared a batch with another record's
+     *  crash or timeout keeps all of its own. PMAP_ETASK (the task's own
+     *  answer), PMAP_EPROTO and the buffer statuses are outcomes and never
+     *  retried. Each retry of a crash or timeout costs the fork of a
+     *  replacement worker. 0 (the default): no retries. */
+    unsigned max_retries;
 } pmap_options;
 
 /**
@@ -431,10 +442,11 @@ typedef struct pmap_item {
  * were still waiting to be sent with the rest of the batch. A record of the
  * second kind runs once more, and then its result is sent as soon as it is
  * ready, so no later crash can make it run a third time: a task never runs
- * to the end more than twice on one record. That is the only case in which
- * a record runs more than once; with chunk = 1 (batches of one record) it
- * never does. The crashed record itself is not run again. Caller process
- * only.
+ * to the end more than twice on one record. Apart from retries, that is
+ * the only case in which a record runs more than once; with chunk = 1
+ * (batches of one record) it never does. The crashed record itself is not
+ * run again, unless pmap_options.max_retries allows it: each retry is one
+ * more run, on top of the bound above. Caller process only.
  */
 PMAP_API int pmap_next(pmap_iter *it, pmap_item *item);
 

@@ -90,6 +90,7 @@ struct pmap_iter {
     unsigned chunk;  /* explicit chunk, 0: adaptive */
     int window_auto; /* the window was chosen by the library */
     size_t max_record;
+    uint32_t max_retries; /* per record, after its own crash or timeout */
     struct pmap__owner owner;
     pmap_gen_fn gen;
     void *gen_ctx;
@@ -188,15 +189,35 @@ static PMAP__RARE PMAP__NOINLINE void shelve(struct pmap_iter *it, struct pmap_b
  * tiny results costs no call per record; the byte count of live records
  * and the trim bound are passed in and out so that a run of records keeps
  * them in registers (stores to a record would otherwise reload them). */
+/* The record's worker crashed or timed out on it: 1 when it goes back to
+ * the retry queue instead of being finished (its parameter kept, its
+ * outcome forgotten). Out of line: finish() is the per-record path. */
+static PMAP__RARE int retry_own(struct pmap_iter *it, struct pmap__rec *r)
+{
+    if ((r->status != PMAP_ECRASH && r->status != PMAP_ETIMEOUT) ||
+        r->retries >= it->max_retries)
+        return 0;
+    r->retries++;
+    r->status = PMAP_OK;
+    r->code = 0;
+    r->result.len = 0;
+    r->state = R_QUEUED;
+    q_push(it, &it->retry, r);
+    return 1;
+}
+
 static inline uint64_t finish(struct pmap_iter *it, struct pmap__rec *r, uint64_t live, size_t keep,
                               int ordered)
 {
     if (r->state != R_FLIGHT)
         return live;
-    r->state = R_DONE;
     /* A task error keeps its payload: the task's message. */
-    if (r->status != PMAP_OK && r->status != PMAP_ETASK)
+    if (r->status != PMAP_OK && r->status != PMAP_ETASK) {
+        if (it->max_retries != 0 && retry_own(it, r))
+            return live;
         r->result.len = 0;
+    }
+    r->state = R_DONE;
     /* A finished record never runs again: its parameter is of no use any
      * more. Letting go of it now (rather than in release) also keeps
      * delivery to the record's first cache line. */
@@ -372,6 +393,7 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     r->code = 0;
     r->tries = 0;
     r->lost = 0;
+    r->retries = 0;
     r->result.len = 0;
     if (r->param.len > it->big)
         grew_big(it, r->param.len);
@@ -456,6 +478,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         r->code = 0;
         r->tries = 0;
         r->lost = 0;
+        r->retries = 0;
         live += r->param.len;
         out[n++] = r;
     }
@@ -773,6 +796,7 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->be = pool->be;
     it->chunk = pool->opt.chunk;
     it->max_record = pool->max_record;
+    it->max_retries = pool->opt.max_retries;
     pmap__owner_init(&it->owner);
     it->gen = gen;
     it->gen_ctx = gen_ctx;
