@@ -398,6 +398,28 @@ PMAP_API pmap_iter *pmap_imap_array(pmap_pool *pool, const void *base, size_t co
 PMAP_API pmap_iter *pmap_imap_array_unordered(pmap_pool *pool, const void *base, size_t count,
                                               size_t size);
 
+/**
+ * Map an array and collect every result, as Python's pool.map: record i is
+ * as in pmap_imap_array(); its result, which must be exactly `result_size`
+ * bytes, is copied to `(char *)results + i * result_size`, and its status
+ * to `status[i]` (`status` may be NULL). Results are copied once, from the
+ * iterator straight into `results`, as they come back in any order.
+ *
+ * An item that failed (PMAP_ETASK, PMAP_ECRASH, PMAP_ETIMEOUT, PMAP_EPROTO)
+ * or whose result is not `result_size` bytes (status PMAP_ETOOBIG) has its
+ * slot of `results` zeroed; the other items still run. If the map itself
+ * fails (e.g. PMAP_EWORKER), the items not returned get that status.
+ *
+ * Returns PMAP_OK when every item succeeded; otherwise the status of the
+ * failed item with the lowest index, or the map's own error; or, with
+ * nothing run: PMAP_EINVAL (NULL pool, NULL base or results with records,
+ * count * result_size overflows), PMAP_ETOOBIG (`size` exceeds
+ * max_record_bytes), PMAP_EBUSY (an iterator is open on the pool),
+ * PMAP_ENOMEM. Since 1.1.
+ */
+PMAP_API int pmap_map_array(pmap_pool *pool, const void *base, size_t count, size_t size,
+                            void *results, size_t result_size, int *status);
+
 /** One result of a map, filled by pmap_next(). */
 typedef struct pmap_item {
     /** 0-based position of the record in the generator's sequence. */

@@ -20,6 +20,7 @@
 #include "iter.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -875,6 +876,64 @@ pmap_iter *pmap_imap_array_unordered(pmap_pool *pool, const void *base, size_t c
                                      size_t size)
 {
     return array_new(pool, base, count, size, 0);
+}
+
+int pmap_map_array(pmap_pool *pool, const void *base, size_t count, size_t size, void *results,
+                   size_t result_size, int *status)
+{
+    unsigned char *out = results;
+    pmap_iter *it;
+    pmap_item item;
+    uint64_t first_bad = UINT64_MAX;
+    int rc, ret = PMAP_OK, st;
+    size_t i;
+
+    if (results == NULL && count > 0 && result_size > 0)
+        return PMAP_EINVAL;
+    if (result_size > 0 && count > SIZE_MAX / result_size)
+        return PMAP_EINVAL;
+    it = pmap_imap_array_unordered(pool, base, count, size);
+    if (it == NULL)
+        return errno == E2BIG ? PMAP_ETOOBIG
+             : errno == EBUSY ? PMAP_EBUSY
+             : errno == ENOMEM ? PMAP_ENOMEM : PMAP_EINVAL;
+    /* A placeholder no item carries, for items that never come back
+     * (the map failed); replaced by the map's error below. */
+    if (status != NULL)
+        for (i = 0; i < count; i++)
+            status[i] = PMAP_DONE;
+    /* Unordered: each result is copied once, straight into its slot. */
+    while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+        unsigned char *slot = out + (size_t)item.index * result_size;
+
+        st = item.status;
+        if (st == PMAP_OK && item.len != result_size)
+            st = PMAP_ETOOBIG;
+        if (st == PMAP_OK) {
+            if (result_size > 0)
+                memcpy(slot, item.data, result_size);
+        } else {
+            if (result_size > 0)
+                memset(slot, 0, result_size);
+            if (item.index < first_bad) {
+                first_bad = item.index;
+                ret = st;
+            }
+        }
+        if (status != NULL)
+            status[item.index] = st;
+    }
+    if (rc != PMAP_DONE) {
+        ret = rc;
+        if (status != NULL)
+            for (i = 0; i < count; i++)
+                if (status[i] == PMAP_DONE)
+                    status[i] = rc;
+    }
+    st = pmap_iter_free(it);
+    if (ret == PMAP_OK && st != PMAP_OK)
+        ret = st;
+    return ret;
 }
 
 pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx)

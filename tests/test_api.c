@@ -159,11 +159,74 @@ static void test_imap_array(void **state)
     assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
 }
 
+/* The task of test_map_array: the square as 8 bytes, except for 7 (a task
+ * error) and 11 (a result of the wrong size). */
+static int square(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    uint32_t x;
+    uint64_t y;
+
+    (void)ctx;
+    if (len != sizeof x)
+        return 2;
+    memcpy(&x, param, sizeof x);
+    if (x == 7)
+        return 3;
+    y = (uint64_t)x * x;
+    return pmap_buf_set(out, &y, x == 11 ? 4 : sizeof y) == PMAP_OK ? 0 : 1;
+}
+
+static void test_map_array(void **state)
+{
+    enum { N = 200 };
+    uint32_t xs[N];
+    uint64_t ys[N];
+    int st[N], i;
+    pmap_options opt;
+    pmap_pool *pool;
+
+    (void)state;
+    pmap_options_init(&opt);
+    opt.workers = 2;
+    pool = pmap_pool_create(square, NULL, &opt);
+    assert_non_null(pool);
+
+    for (i = 0; i < N; i++)
+        xs[i] = (uint32_t)(i + 20); /* none is 7 or 11 */
+    memset(ys, 0xff, sizeof ys);
+    assert_int_equal(pmap_map_array(pool, xs, N, sizeof xs[0], ys, sizeof ys[0], st), PMAP_OK);
+    for (i = 0; i < N; i++) {
+        assert_int_equal(st[i], PMAP_OK);
+        assert_int_equal(ys[i], (uint64_t)xs[i] * xs[i]);
+    }
+
+    /* Failures are per item; the first by index is returned. */
+    xs[50] = 11;
+    xs[30] = 7;
+    memset(ys, 0xff, sizeof ys);
+    assert_int_equal(pmap_map_array(pool, xs, N, sizeof xs[0], ys, sizeof ys[0], st), PMAP_ETASK);
+    for (i = 0; i < N; i++) {
+        int want = i == 30 ? PMAP_ETASK : i == 50 ? PMAP_ETOOBIG : PMAP_OK;
+
+        assert_int_equal(st[i], want);
+        assert_int_equal(ys[i], want == PMAP_OK ? (uint64_t)xs[i] * xs[i] : 0);
+    }
+    xs[30] = 30;
+    assert_int_equal(pmap_map_array(pool, xs, N, sizeof xs[0], ys, sizeof ys[0], NULL),
+                     PMAP_ETOOBIG);
+    assert_int_equal(pmap_map_array(pool, xs, 0, sizeof xs[0], NULL, sizeof ys[0], NULL), PMAP_OK);
+    assert_int_equal(pmap_map_array(pool, xs, 1, sizeof xs[0], NULL, sizeof ys[0], st),
+                     PMAP_EINVAL);
+    assert_int_equal(pmap_map_array(NULL, xs, 1, sizeof xs[0], ys, sizeof ys[0], st), PMAP_EINVAL);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_export),
         cmocka_unit_test(test_imap_array),
+        cmocka_unit_test(test_map_array),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
