@@ -41,6 +41,7 @@ struct pmap__rec {
      * that no crash of a later batch-mate can lose it a second time. */
     uint16_t lost;
     uint32_t next;  /* the iterator's intrusive queue link */
+    uint32_t retries; /* the iterator's: re-runs after this record's own crash or timeout */
 };
 
 /* How a backend reports to the iterator. Called only from within pump()
@@ -58,6 +59,8 @@ struct pmap__sink {
     /* A worker ran `count` records in `task_us` microseconds (sizes the
      * adaptive batches). May be NULL. */
     void (*timing)(void *it, uint32_t count, uint32_t task_us);
+    /* Blocks for results larger than their slot's buffer. May be NULL. */
+    struct pmap__stash *stash;
 };
 
 /* What a backend is created from: the pool's settings, resolved. */

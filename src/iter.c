@@ -20,6 +20,7 @@
 #include "iter.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -48,6 +49,16 @@
 /* In automatic-window mode, stop generating while records alive hold more
  * than this many bytes (there is always at least one record in flight). */
 #define AUTO_BYTES ((uint64_t)256 << 20)
+/* Once records this large appear, the automatic window also holds at most
+ * LIVE_PER_PLACE records' worth of the largest bytes per place (at least
+ * LIVE_FLOOR each), and adaptive batches carry about BIG_BATCH bytes: the
+ * count-based window, sized for tiny records, would otherwise let a few
+ * workers' batches run to the full AUTO_BYTES, walking through hundreds of
+ * megabytes of cold memory where a few blocks reused hot would do. */
+#define BIG_RECORD ((size_t)16 << 10)
+#define LIVE_PER_PLACE (DEPTH + 2u)
+#define LIVE_FLOOR ((uint64_t)1 << 20)
+#define BIG_BATCH ((size_t)1 << 20)
 /* Heap bytes that slot buffers may keep between records, all slots
  * together: each buffer keeps at most KEEP_TOTAL / (2 * window) bytes
  * (and never more than KEEP_BYTES) when its record is released.
@@ -80,6 +91,7 @@ struct pmap_iter {
     unsigned chunk;  /* explicit chunk, 0: adaptive */
     int window_auto; /* the window was chosen by the library */
     size_t max_record;
+    uint32_t max_retries; /* per record, after its own crash or timeout */
     struct pmap__owner owner;
     pmap_gen_fn gen;
     void *gen_ctx;
@@ -94,6 +106,10 @@ struct pmap_iter {
     uint32_t out_slot;  /* input order: slot of record `returned`, the next to hand out */
     uint32_t fresh;     /* slots [0, fresh) are initialised; the rest still calloc's zeroes */
     uint64_t live_bytes;
+    uint64_t live_max;  /* the automatic window's byte bound; UINT64_MAX for a fixed window */
+    size_t big;         /* the largest parameter so far */
+    uint32_t chunk_max; /* adaptive batches hold at most this many records */
+    struct pmap__stash stash;
     uint32_t free_head; /* completion order: free slots */
     struct queue retry; /* records to run (again) before new ones */
     struct queue done;  /* completion order: finished records */
@@ -116,6 +132,9 @@ struct pmap_iter {
     int ev_epfd;      /* pmap_iter_fd's epoll set, -1 until asked for */
     int ev_efd;       /* in it, an eventfd that holds a count exactly while !quiet */
     int ev_nofd;      /* the backend has no descriptor: pmap_iter_timeout polls */
+    /* pmap_imap_array: the caller's array, read by array_gen. */
+    const unsigned char *arr_base;
+    size_t arr_size, arr_count, arr_next;
 };
 
 static uint32_t slot_of(const struct pmap_iter *it, const struct pmap__rec *r)
@@ -161,26 +180,52 @@ unsigned pmap__iter_auto_window(int nworkers, unsigned chunk)
 /* Sink: what the backend reports                                           */
 /* ------------------------------------------------------------------------ */
 
+/* A slot buffer grew past the keep bound: its block goes to the stash. */
+static PMAP__RARE PMAP__NOINLINE void shelve(struct pmap_iter *it, struct pmap_buf *b)
+{
+    pmap__stash_put(&it->stash, b);
+}
+
 /* A record is finished. Inlined in both sinks below, so that a frame of
  * tiny results costs no call per record; the byte count of live records
  * and the trim bound are passed in and out so that a run of records keeps
  * them in registers (stores to a record would otherwise reload them). */
+/* The record's worker crashed or timed out on it: 1 when it goes back to
+ * the retry queue instead of being finished (its parameter kept, its
+ * outcome forgotten). Out of line: finish() is the per-record path. */
+static PMAP__RARE int retry_own(struct pmap_iter *it, struct pmap__rec *r)
+{
+    if ((r->status != PMAP_ECRASH && r->status != PMAP_ETIMEOUT) ||
+        r->retries >= it->max_retries)
+        return 0;
+    r->retries++;
+    r->status = PMAP_OK;
+    r->code = 0;
+    r->result.len = 0;
+    r->state = R_QUEUED;
+    q_push(it, &it->retry, r);
+    return 1;
+}
+
 static inline uint64_t finish(struct pmap_iter *it, struct pmap__rec *r, uint64_t live, size_t keep,
                               int ordered)
 {
     if (r->state != R_FLIGHT)
         return live;
-    r->state = R_DONE;
     /* A task error keeps its payload: the task's message. */
-    if (r->status != PMAP_OK && r->status != PMAP_ETASK)
+    if (r->status != PMAP_OK && r->status != PMAP_ETASK) {
+        if (it->max_retries != 0 && retry_own(it, r))
+            return live;
         r->result.len = 0;
+    }
+    r->state = R_DONE;
     /* A finished record never runs again: its parameter is of no use any
      * more. Letting go of it now (rather than in release) also keeps
      * delivery to the record's first cache line. */
     live += (uint64_t)r->result.len - (uint64_t)r->param.len;
     r->param.len = 0;
     if (r->param.cap > keep)
-        pmap__buf_trim(&r->param, keep);
+        shelve(it, &r->param);
     if (!ordered)
         q_push(it, &it->done, r);
     return live;
@@ -251,7 +296,7 @@ static uint32_t chunk_size(const struct pmap_iter *it)
     } else {
         double c = TARGET_BATCH_NS / it->ns_per_rec;
 
-        chunk = c >= CHUNK_MAX ? CHUNK_MAX : c < 1.0 ? 1u : (uint32_t)c;
+        chunk = c >= it->chunk_max ? it->chunk_max : c < 1.0 ? 1u : (uint32_t)c;
     }
     /* Leave enough of the window for every worker to have work. */
     fair = it->window / ((uint32_t)nw * (DEPTH + 1u));
@@ -271,6 +316,32 @@ static PMAP__RARE int gen_failed_buf(struct pmap_iter *it, struct pmap_buf *para
     return -1;
 }
 
+/* A parameter larger than any before: bound the window's bytes and the
+ * batches by it (see BIG_RECORD). */
+static PMAP__RARE PMAP__NOINLINE void grew_big(struct pmap_iter *it, size_t len)
+{
+    uint64_t per, bound;
+    size_t chunk;
+
+    it->big = len;
+    if (len < BIG_RECORD)
+        return;
+    chunk = BIG_BATCH / len;
+    it->chunk_max = chunk < 1 ? 1u : chunk < CHUNK_MAX ? (uint32_t)chunk : CHUNK_MAX;
+    if (!it->window_auto)
+        return;
+    per = len > LIVE_FLOOR ? (uint64_t)len : LIVE_FLOOR;
+    bound = per * LIVE_PER_PLACE * (uint64_t)it->ops->nworkers(it->be);
+    it->live_max = bound < AUTO_BYTES ? bound : AUTO_BYTES;
+}
+
+/* Before the generator runs on an empty slot: a stashed block, so that a
+ * large parameter is written into pages already mapped. */
+static PMAP__RARE PMAP__NOINLINE void param_from_stash(struct pmap_iter *it, struct pmap_buf *b)
+{
+    (void)pmap__stash_reserve(&it->stash, b, it->big);
+}
+
 static struct pmap__rec *generate(struct pmap_iter *it)
 {
     struct pmap__rec *r;
@@ -279,7 +350,7 @@ static struct pmap__rec *generate(struct pmap_iter *it)
 
     if (it->gen_state != G_RUNNING || it->generated - it->returned >= it->window)
         return NULL;
-    if (it->window_auto && it->live_bytes > AUTO_BYTES && it->generated > it->returned)
+    if (it->live_bytes > it->live_max && it->generated > it->returned)
         return NULL;
     if (it->ordered) {
         slot = it->gen_slot;
@@ -300,6 +371,8 @@ static struct pmap__rec *generate(struct pmap_iter *it)
         it->fresh = slot + 1;
     }
     r->param.len = 0;
+    if (it->stash.n != 0 && r->param.data == r->param.small)
+        param_from_stash(it, &r->param);
     rc = it->gen(it->gen_ctx, &r->param);
     if (rc > 0 && r->param.cap == 0)
         rc = gen_failed_buf(it, &r->param);
@@ -321,7 +394,10 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     r->code = 0;
     r->tries = 0;
     r->lost = 0;
+    r->retries = 0;
     r->result.len = 0;
+    if (r->param.len > it->big)
+        grew_big(it, r->param.len);
     it->live_bytes += r->param.len;
     return r;
 }
@@ -339,8 +415,10 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
     struct pmap__rec *recs = it->recs;
     const uint32_t window = it->window;
     const uint64_t returned = it->returned;
-    /* The automatic window's byte bound (none for a fixed window). */
-    const uint64_t live_max = it->window_auto ? AUTO_BYTES : UINT64_MAX;
+    const uint64_t live_max = it->live_max;
+    /* Blocks are stashed only once records are large. */
+    const int stashing = it->stash.n != 0;
+    size_t big = it->big;
     const pmap_gen_fn gen = it->gen;
     void *const gen_ctx = it->gen_ctx;
     uint64_t idx = it->generated, live = it->live_bytes;
@@ -380,12 +458,18 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
             fresh = slot + 1;
         }
         r->param.len = 0;
+        if (stashing && it->stash.n != 0 && r->param.data == r->param.small)
+            param_from_stash(it, &r->param);
         rc = gen(gen_ctx, &r->param);
         if (rc > 0 && r->param.cap == 0)
             rc = gen_failed_buf(it, &r->param);
         if (rc <= 0) {
             r->param.len = 0;
             break;
+        }
+        if (r->param.len > big) {
+            grew_big(it, r->param.len);
+            big = it->big;
         }
         if (++slot == window)
             slot = 0;
@@ -395,6 +479,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         r->code = 0;
         r->tries = 0;
         r->lost = 0;
+        r->retries = 0;
         live += r->param.len;
         out[n++] = r;
     }
@@ -598,7 +683,7 @@ static void release_lost(struct pmap_iter *it, struct pmap__rec *r)
     it->live_bytes -= r->param.len;
     r->param.len = 0;
     if (r->param.cap > it->keep)
-        pmap__buf_trim(&r->param, it->keep);
+        shelve(it, &r->param);
 }
 
 static inline void release(struct pmap_iter *it, struct pmap__rec *r)
@@ -609,7 +694,7 @@ static inline void release(struct pmap_iter *it, struct pmap__rec *r)
     r->state = R_FREE;
     r->result.len = 0;
     if (r->result.cap > it->keep)
-        pmap__buf_trim(&r->result, it->keep);
+        shelve(it, &r->result);
     it->returned++;
     if (it->ordered) {
         if (++it->out_slot == it->window)
@@ -712,6 +797,7 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->be = pool->be;
     it->chunk = pool->opt.chunk;
     it->max_record = pool->max_record;
+    it->max_retries = pool->opt.max_retries;
     pmap__owner_init(&it->owner);
     it->gen = gen;
     it->gen_ctx = gen_ctx;
@@ -728,11 +814,126 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->sink.done_many = on_done_many;
     it->sink.retry = on_retry;
     it->sink.timing = on_timing;
+    it->sink.stash = &it->stash;
+    it->live_max = it->window_auto ? AUTO_BYTES : UINT64_MAX;
+    it->chunk_max = CHUNK_MAX;
+    pmap__stash_init(&it->stash);
     it->ev_epfd = -1;
     it->ev_efd = -1;
     pool->iter = it;
     it->ops->begin(it->be);
     return it;
+}
+
+/* The generator of pmap_imap_array: the iterator is its own gen_ctx, so
+ * the array map needs nothing beside the iterator to free. */
+static int array_gen(void *gen_ctx, pmap_buf *param)
+{
+    struct pmap_iter *it = gen_ctx;
+    const unsigned char *p;
+
+    if (it->arr_next == it->arr_count)
+        return 0;
+    p = it->arr_base + it->arr_next * it->arr_size;
+    it->arr_next++;
+    /* The size was checked against max_record_bytes when the map began,
+     * so this fails only with PMAP_ENOMEM, which ends the map with it. */
+    (void)pmap_buf_set(param, it->arr_size ? p : NULL, it->arr_size);
+    return 1;
+}
+
+static pmap_iter *array_new(pmap_pool *pool, const void *base, size_t count, size_t size,
+                            int ordered)
+{
+    struct pmap_iter *it;
+
+    if (base == NULL && count > 0 && size > 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (pool != NULL && size > pool->max_record) {
+        errno = E2BIG;
+        return NULL;
+    }
+    /* A placeholder context: array_gen's is the iterator itself. */
+    it = iter_new(pool, array_gen, NULL, ordered);
+    if (it == NULL)
+        return NULL;
+    it->gen_ctx = it;
+    it->arr_base = base;
+    it->arr_size = size;
+    it->arr_count = count;
+    it->arr_next = 0;
+    return it;
+}
+
+pmap_iter *pmap_imap_array(pmap_pool *pool, const void *base, size_t count, size_t size)
+{
+    return array_new(pool, base, count, size, 1);
+}
+
+pmap_iter *pmap_imap_array_unordered(pmap_pool *pool, const void *base, size_t count,
+                                     size_t size)
+{
+    return array_new(pool, base, count, size, 0);
+}
+
+int pmap_map_array(pmap_pool *pool, const void *base, size_t count, size_t size, void *results,
+                   size_t result_size, int *status)
+{
+    unsigned char *out = results;
+    pmap_iter *it;
+    pmap_item item;
+    uint64_t first_bad = UINT64_MAX;
+    int rc, ret = PMAP_OK, st;
+    size_t i;
+
+    if (results == NULL && count > 0 && result_size > 0)
+        return PMAP_EINVAL;
+    if (result_size > 0 && count > SIZE_MAX / result_size)
+        return PMAP_EINVAL;
+    it = pmap_imap_array_unordered(pool, base, count, size);
+    if (it == NULL)
+        return errno == E2BIG ? PMAP_ETOOBIG
+             : errno == EBUSY ? PMAP_EBUSY
+             : errno == ENOMEM ? PMAP_ENOMEM : PMAP_EINVAL;
+    /* A placeholder no item carries, for items that never come back
+     * (the map failed); replaced by the map's error below. */
+    if (status != NULL)
+        for (i = 0; i < count; i++)
+            status[i] = PMAP_DONE;
+    /* Unordered: each result is copied once, straight into its slot. */
+    while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+        unsigned char *slot = out + (size_t)item.index * result_size;
+
+        st = item.status;
+        if (st == PMAP_OK && item.len != result_size)
+            st = PMAP_ETOOBIG;
+        if (st == PMAP_OK) {
+            if (result_size > 0)
+                memcpy(slot, item.data, result_size);
+        } else {
+            if (result_size > 0)
+                memset(slot, 0, result_size);
+            if (item.index < first_bad) {
+                first_bad = item.index;
+                ret = st;
+            }
+        }
+        if (status != NULL)
+            status[item.index] = st;
+    }
+    if (rc != PMAP_DONE) {
+        ret = rc;
+        if (status != NULL)
+            for (i = 0; i < count; i++)
+                if (status[i] == PMAP_DONE)
+                    status[i] = rc;
+    }
+    st = pmap_iter_free(it);
+    if (ret == PMAP_OK && st != PMAP_OK)
+        ret = st;
+    return ret;
 }
 
 pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx)
@@ -775,8 +976,11 @@ static int next_slow(struct pmap_iter *it, pmap_item *item)
             return PMAP_OK;
         }
         if (it->returned == it->generated && it->retry.head == NONE &&
-            (it->gen_state != G_RUNNING || it->stopped))
+            (it->gen_state != G_RUNNING || it->stopped)) {
+            /* Nothing will use the blocks again. */
+            pmap__stash_free(&it->stash);
             return it->fatal ? it->fatal : PMAP_DONE;
+        }
         it->since_pump = 0;
         (void)step(it, -1);
     }
@@ -881,6 +1085,7 @@ int pmap_iter_free(pmap_iter *it)
         pmap__buf_free(&it->recs[i].result);
     }
     slots_free(it->recs, it->window);
+    pmap__stash_free(&it->stash);
     free(it->batch);
     /* Only closed (in an inherited copy too): the eventfd is in no other
      * set, and the backend's descriptor stays the backend's. */
