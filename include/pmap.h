@@ -43,12 +43,17 @@
  * worker is replaced (after a crash, a timeout, recycling, or an early
  * pmap_iter_free()). Data a task needs must therefore exist before
  * pmap_pool_create() and never change afterwards, or travel in the parameter
- * record. Results come back only through the task's `out` buffer.
+ * record. Results come back only through the task's `out` buffer. With
+ * pmap_options.start_method = PMAP_START_FORKSERVER, every worker, the
+ * replacements included, is forked by a server that holds the caller's
+ * memory as it was at pmap_pool_create(): one snapshot for all.
  *
  * Threads: a pool may be used from one thread at a time (any thread); pools
  * used from different threads work side by side. Forking a multi-threaded
  * program copies only the forking thread: a task must not rely on locks that
- * other caller threads might hold (the usual fork caveat).
+ * other caller threads might hold (the usual fork caveat). A host that
+ * starts threads after pmap_pool_create() should choose
+ * PMAP_START_FORKSERVER: then no worker is forked from it after that.
  *
  * Processes: "caller process only" below means the process that created the
  * pool (or the iterator). A child the host forks inherits copies of them
@@ -299,10 +304,12 @@ typedef struct pmap_options {
      *  pmap_pool_create() fork one server process that forks every worker
      *  of the pool, so the caller may start threads and take locks after
      *  pmap_pool_create() and replacements still start cleanly, every
-     *  worker sees the caller's memory as it was at pmap_pool_create(),
-     *  and a replacement costs the caller no fork of its own. Any other
-     *  value is EINVAL at pmap_pool_create(). Not implemented yet: the
-     *  value is accepted and workers are still forked by the caller. */
+     *  worker sees the caller's memory as it was at pmap_pool_create()
+     *  (also for replacements, and for worker_init), and a replacement
+     *  costs the caller no fork of its own. Everything else is the same in
+     *  both modes; the server is a child of the caller for the pool's
+     *  life, reaped by pmap_pool_destroy(), and dies with the caller. Any
+     *  other value is EINVAL at pmap_pool_create(). */
     int start_method;
 } pmap_options;
 
@@ -332,7 +339,8 @@ PMAP_API void pmap_options_init(pmap_options *opt);
  * from fork, EMFILE, ...). On failure no child process or descriptor is left behind.
  *
  * `ctx` must stay valid for the life of the pool when the task or
- * worker_init reads it: replacement workers fork later and see it then.
+ * worker_init reads it: replacement workers fork later and see it then
+ * (with PMAP_START_FORKSERVER they see it as it was at this call).
  * The caller's buffered stdio is flushed before forking. May be called in
  * any process, a worker included (see "Processes" above).
  */

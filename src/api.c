@@ -41,9 +41,6 @@ static int options_import(pmap_options *dst, const pmap_options *src, size_t siz
     return 0;
 }
 
-/* Until the server lands (issue 11), PMAP_START_FORKSERVER is accepted so
- * that callers can be written against the final API, and workers are still
- * forked by the caller. */
 static int start_method_valid(int m)
 {
     return m == PMAP_START_FORK || m == PMAP_START_FORKSERVER;

@@ -1388,6 +1388,7 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
         pmap__buf_init(&w->txbuf, SIZE_MAX);
         place_reset(w);
     }
+    memset(&a, 0, sizeof a);
     a.fn = cfg->fn;
     a.ctx = cfg->ctx;
     a.init = cfg->opt->worker_init;

@@ -46,6 +46,10 @@ void pmap__spawner_free(struct pmap__spawner *s);
  * free this process's copies only. NULL is a no-op. */
 void pmap__spawner_release(struct pmap__spawner *s);
 
+/* In the fork server, whose host ignored SIGCHLD: new workers ignore it
+ * again (the server itself must not). */
+void pmap__spawner_sigchld_ignored(struct pmap__spawner *s);
+
 /* waitpid() for exactly `pid`, retried on EINTR: as pmap__spawner_reap.
  * ECHILD (the host ignores SIGCHLD, or reaped it) counts as gone, -1. */
 int pmap__wait_pid(pid_t pid, int block, int *code);
