@@ -404,7 +404,7 @@ static void test_signals_untouched(void **state)
             pthread_sigmask(SIG_BLOCK, &blk, NULL);
         }
         sig_snap(&before);
-        pool = host_pool(2, 1, FAULT_LIMIT_MS);
+        pool = host_pool(2, 1, fo_limit_ms());
         assert_non_null(pool);
         it = pmap_imap(pool, hgen_next, &g);
         assert_non_null(it);
@@ -468,7 +468,7 @@ static void test_sigchld_ignored(void **state)
     pl->ops[11].kind = FO_SLEEP;
     pl->ops[11].arg = 20000;
     fo_opts(&opt, 2, 0);
-    opt.task_timeout_ms = FAULT_LIMIT_MS;
+    opt.task_timeout_ms = fo_limit_ms();
     opt.max_tasks_per_worker = 6;
     pool = pmap_pool_create(fo_task, NULL, &opt);
     assert_non_null(pool);
@@ -1058,7 +1058,7 @@ static void test_two_pools_interleaved(void **state)
 
         fo_opts(&opt, 2, 0);
         a = fo_pool(&opt);
-        opt.task_timeout_ms = FAULT_LIMIT_MS;
+        opt.task_timeout_ms = fo_limit_ms();
         b = fo_pool(&opt);
         pa->next = pb->next = 0;
         ia = pmap_imap(a, fo_gen, pa);
