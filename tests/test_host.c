@@ -300,15 +300,15 @@ static int sigpipe_pending(void)
     return sigismember(&p, SIGPIPE);
 }
 
-/* A worker dies while the caller is writing a 32 MiB record to it: items 0
+/* A worker dies while the caller is writing an 8 MiB record to it: items 0
  * and 1 travel in one batch; the worker starts item 0 as soon as it has
- * it, while the caller is still pushing item 1 (32 MiB, far more than a
- * pipe holds) after it. The task closes the worker's input first (as a
+ * it, while the caller is still pushing item 1 (8 MiB, eight times what a
+ * pipe holds at most without privileges) after it. The task closes the worker's input first (as a
  * dying process does, before it can be reaped), so the caller's next write
  * meets a pipe without a reader for certain, then sleeps and exits. */
 static const struct hrec pipe_plan[] = {
     {FO_CLOSE_IN_EXIT, 300, 0},
-    {0, 0, (size_t)32 << 20},
+    {0, 0, (size_t)8 << 20},
     {FO_ECHO, 0, 0},
 };
 
