@@ -119,6 +119,7 @@ struct pool {
     pmap_task_fn fn;
     void *ctx;
     int (*init)(void *ctx);
+    void (*fini)(void *ctx);
     unsigned timeout_ms;
     size_t max_worker_rss;
     unsigned long max_tasks;
@@ -222,9 +223,11 @@ static int start_worker(struct pool *p, struct worker *w)
     pid_t pid;
     int tx, rx, rc;
 
+    memset(&a, 0, sizeof a);
     a.fn = p->fn;
     a.ctx = p->ctx;
     a.init = p->init;
+    a.fini = p->fini;
     a.task_timeout_ms = p->timeout_ms;
     a.max_worker_rss = p->max_worker_rss;
     a.max_record = p->max_record;
@@ -1394,6 +1397,7 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
     p->fn = cfg->fn;
     p->ctx = cfg->ctx;
     p->init = cfg->opt->worker_init;
+    p->fini = cfg->opt->worker_exit;
     p->timeout_ms = cfg->opt->task_timeout_ms;
     p->max_worker_rss = cfg->opt->max_worker_rss;
     p->max_tasks = cfg->opt->max_tasks_per_worker;

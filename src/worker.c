@@ -127,6 +127,17 @@ static _Noreturn void w_exit(int code)
     _exit(code);
 }
 
+/* The worker ends because it was told to (EOF on its input: the pool is
+ * destroyed or recycles it, or the caller is gone) or retires itself
+ * (max_worker_rss): worker_exit runs, on the task's thread, between
+ * records. Every other end is a failure or a kill, and skips it. */
+static _Noreturn void w_exit_normal(const struct wctx *c)
+{
+    if (c->a->fini != NULL)
+        c->a->fini(c->a->ctx);
+    w_exit(0);
+}
+
 /* Write the results waiting in `out` as one frame. 0, or -1 when the
  * pipe failed. */
 static int w_write_out(struct wctx *c)
@@ -492,7 +503,7 @@ static int w_frame_end(void *ud, const struct pmap__frame *f)
     atomic_store_explicit(&c->batch, 0, memory_order_relaxed);
     if (c->retire) {
         w_send_control(c, PMAP__K_RETIRE, (uint32_t)c->out_first);
-        w_exit(0);
+        w_exit_normal(c);
     }
     return 0;
 }
@@ -761,7 +772,7 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
                 w_exit(PMAP__EXIT_PROTO);
         }
         if (n == 0)
-            w_exit(0); /* EOF: the caller closed the pipe or is gone */
+            w_exit_normal(&c); /* EOF: the caller closed the pipe or is gone */
         if (n < 0)
             w_exit(PMAP__EXIT_IO);
     }
