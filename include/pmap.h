@@ -412,6 +412,37 @@ PMAP_API pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx);
 PMAP_API pmap_iter *pmap_imap_unordered(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx);
 
 /**
+ * As pmap_imap(), but the records run through task `fn` with `ctx` instead
+ * of the task and ctx given to pmap_pool_create(), which stay the pool's
+ * default for later maps: one pool serves maps of different tasks without
+ * forking its workers again (Python's pool.imap(f, ...) with any f).
+ * Each worker switches to `fn` before its first record of this map;
+ * worker_init and worker_exit keep the pool's ctx. Everything else is as
+ * for pmap_imap(): item statuses and codes (a crash or timeout in `fn` is
+ * reported on its record), retries, recycling, replacement workers (which
+ * run `fn` too).
+ *
+ * `fn` is called in the workers, which are forks of this program: the
+ * function pointer is valid there, but `ctx` is read with the fork
+ * snapshot rule like any memory of the caller's, so it must point to data
+ * that existed, as the task needs it, when the workers were forked (before
+ * pmap_pool_create(), or static), or be a plain value such as
+ * `(void *)(uintptr_t)n`. Data made for this map travels in the records.
+ *
+ * Returns the iterator, or NULL with errno set: as pmap_imap(), and EINVAL
+ * for a NULL `fn`, or for a pool whose workers are not forks of this
+ * program and so cannot call its function pointers (a pool made by any
+ * other constructor than pmap_pool_create(), e.g. across machines).
+ * Caller process only. Since 1.1.
+ */
+PMAP_API pmap_iter *pmap_imap_task(pmap_pool *pool, pmap_task_fn fn, void *ctx, pmap_gen_fn gen,
+                                   void *gen_ctx);
+
+/** pmap_imap_task() with results in no particular order. Since 1.1. */
+PMAP_API pmap_iter *pmap_imap_task_unordered(pmap_pool *pool, pmap_task_fn fn, void *ctx,
+                                             pmap_gen_fn gen, void *gen_ctx);
+
+/**
  * As pmap_imap(), over an array instead of a generator: record i is the
  * `size` bytes at `(const char *)base + i * size`, for i in [0, count).
  * item.index is i. The array is read by pmap_next() while the map runs

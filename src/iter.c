@@ -792,11 +792,14 @@ static void slots_free(struct pmap__rec *recs, uint32_t n)
         munmap(recs, bytes);
 }
 
-static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int ordered)
+/* A map of `gen`'s records; fn NULL: with the pool's own task. */
+static pmap_iter *iter_new(pmap_pool *pool, pmap_task_fn fn, void *ctx, pmap_gen_fn gen,
+                           void *gen_ctx, int ordered)
 {
     struct pmap_iter *it;
 
-    if (gen == NULL || pmap__pool_usable(pool) != 0) {
+    if (gen == NULL || pmap__pool_usable(pool) != 0 ||
+        (fn != NULL && pool->ops->set_task == NULL)) {
         errno = EINVAL;
         return NULL;
     }
@@ -850,6 +853,8 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->ev_efd = -1;
     pool->iter = it;
     it->ops->begin(it->be);
+    if (it->ops->set_task != NULL)
+        it->ops->set_task(it->be, fn, ctx);
     return it;
 }
 
@@ -884,7 +889,7 @@ static pmap_iter *array_new(pmap_pool *pool, const void *base, size_t count, siz
         return NULL;
     }
     /* A placeholder context: array_gen's is the iterator itself. */
-    it = iter_new(pool, array_gen, NULL, ordered);
+    it = iter_new(pool, NULL, NULL, array_gen, NULL, ordered);
     if (it == NULL)
         return NULL;
     it->gen_ctx = it;
@@ -966,12 +971,32 @@ int pmap_map_array(pmap_pool *pool, const void *base, size_t count, size_t size,
 
 pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx)
 {
-    return iter_new(pool, gen, gen_ctx, 1);
+    return iter_new(pool, NULL, NULL, gen, gen_ctx, 1);
 }
 
 pmap_iter *pmap_imap_unordered(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx)
 {
-    return iter_new(pool, gen, gen_ctx, 0);
+    return iter_new(pool, NULL, NULL, gen, gen_ctx, 0);
+}
+
+pmap_iter *pmap_imap_task(pmap_pool *pool, pmap_task_fn fn, void *ctx, pmap_gen_fn gen,
+                          void *gen_ctx)
+{
+    if (fn == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return iter_new(pool, fn, ctx, gen, gen_ctx, 1);
+}
+
+pmap_iter *pmap_imap_task_unordered(pmap_pool *pool, pmap_task_fn fn, void *ctx,
+                                    pmap_gen_fn gen, void *gen_ctx)
+{
+    if (fn == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return iter_new(pool, fn, ctx, gen, gen_ctx, 0);
 }
 
 static void fill(pmap_item *item, const struct pmap__rec *r)

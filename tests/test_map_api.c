@@ -588,6 +588,138 @@ static void test_worker_exit_at_destroy(void **state)
     tu_snap_check(&snap);
 }
 
+/* ------------------------------------------------------------------------ */
+/* A task per map                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Contexts that exist before the pool, as the fork snapshot rule asks. */
+struct tctx {
+    uint64_t mul, add;
+    int faults; /* record 5 crashes, record 9 runs past the time limit */
+};
+
+static const struct tctx ctx_a = {2, 0, 0}, ctx_b = {3, 1, 1}, ctx_c = {5, 7, 0};
+
+static int task_affine(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    const struct tctx *t = ctx;
+    uint64_t i;
+
+    if (len != sizeof i)
+        return 99;
+    memcpy(&i, param, sizeof i);
+    if (t->faults && i == 5)
+        abort();
+    if (t->faults && i == 9)
+        for (;;)
+            pause();
+    i = i * t->mul + t->add;
+    return pmap_buf_set(out, &i, sizeof i);
+}
+
+/* Another function; its ctx is a plain value. */
+static int task_plus(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    uint64_t i;
+
+    if (len != sizeof i)
+        return 99;
+    memcpy(&i, param, sizeof i);
+    i += (uint64_t)(uintptr_t)ctx;
+    return pmap_buf_set(out, &i, sizeof i);
+}
+
+#define N_TASK 60u
+
+/* Drain a map of N_TASK records: each result is want(index), except the
+ * faults of a faulty context. */
+static void check_task_map(pmap_iter *it, int ordered, uint64_t mul, uint64_t add, int faults)
+{
+    pmap_item item;
+    uint64_t got = 0, v;
+    int rc;
+
+    assert_non_null(it);
+    while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+        if (ordered)
+            assert_int_equal(item.index, got);
+        got++;
+        if (faults && item.index == 5) {
+            assert_int_equal(item.status, PMAP_ECRASH);
+            assert_int_equal(item.code, SIGABRT);
+            continue;
+        }
+        if (faults && item.index == 9) {
+            assert_int_equal(item.status, PMAP_ETIMEOUT);
+            continue;
+        }
+        assert_int_equal(item.status, PMAP_OK);
+        assert_int_equal(item.len, sizeof v);
+        memcpy(&v, item.data, sizeof v);
+        assert_int_equal(v, item.index * mul + add);
+    }
+    assert_int_equal(rc, PMAP_DONE);
+    assert_int_equal(got, N_TASK);
+    assert_int_equal(pmap_iter_free(it), PMAP_OK);
+}
+
+static void test_task_per_map(void **state)
+{
+    struct tu_snap snap;
+    struct tu_range r;
+    pmap_options opt;
+    pmap_pool *pool;
+    uint64_t xs[N_TASK], ys[N_TASK];
+    int st[N_TASK];
+    size_t i;
+
+    (void)state;
+    tu_snap_take(&snap);
+    pmap_options_init(&opt);
+    opt.workers = 2;
+    opt.task_timeout_ms = 200;
+    opt.max_tasks_per_worker = 16; /* replacements mid-map run the map's task too */
+    pool = pmap_pool_create(task_affine, (void *)&ctx_a, &opt);
+    assert_non_null(pool);
+
+    errno = 0;
+    r.next = 0;
+    r.n = N_TASK;
+    assert_null(pmap_imap_task(pool, NULL, NULL, tu_range_gen, &r));
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    assert_null(pmap_imap_task_unordered(NULL, task_plus, NULL, tu_range_gen, &r));
+    assert_int_equal(errno, EINVAL);
+
+    /* The pool's task; then others, switching at every map. */
+    r.next = 0;
+    check_task_map(pmap_imap(pool, tu_range_gen, &r), 1, 2, 0, 0);
+    r.next = 0;
+    check_task_map(pmap_imap_task(pool, task_affine, (void *)&ctx_b, tu_range_gen, &r), 1, 3, 1,
+                   1);
+    r.next = 0; /* the same function with another ctx */
+    check_task_map(pmap_imap_task_unordered(pool, task_affine, (void *)&ctx_c, tu_range_gen, &r),
+                   0, 5, 7, 0);
+    r.next = 0;
+    check_task_map(pmap_imap_task_unordered(pool, task_affine, (void *)&ctx_b, tu_range_gen, &r),
+                   0, 3, 1, 1);
+    r.next = 0; /* the pool's own task named explicitly */
+    check_task_map(pmap_imap_task(pool, task_affine, (void *)&ctx_a, tu_range_gen, &r), 1, 2, 0,
+                   0);
+    r.next = 0;
+    check_task_map(pmap_imap_task(pool, task_plus, (void *)(uintptr_t)11, tu_range_gen, &r), 1, 1,
+                   11, 0);
+    r.next = 0; /* and back to the default */
+    check_task_map(pmap_imap_unordered(pool, tu_range_gen, &r), 0, 2, 0, 0);
+    for (i = 0; i < N_TASK; i++)
+        xs[i] = i;
+    assert_int_equal(pmap_map_array(pool, xs, N_TASK, sizeof xs[0], ys, sizeof ys[0], st), PMAP_OK);
+    for (i = 0; i < N_TASK; i++)
+        assert_int_equal(ys[i], 2 * i);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    tu_snap_check(&snap);
+}
+
 int main(void)
 {
     struct rlimit nocore = {0, 0};
@@ -598,6 +730,7 @@ int main(void)
         cmocka_unit_test(test_gen_error_value),
         cmocka_unit_test(test_worker_exit_once),
         cmocka_unit_test(test_worker_exit_at_destroy),
+        cmocka_unit_test(test_task_per_map),
     };
 
     /* Tests crash workers on purpose: no core files. */
