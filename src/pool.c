@@ -102,6 +102,7 @@ struct worker {
     uint64_t recv;         /* results accepted */
     uint32_t pending;      /* results of the current frame, accepted at its trailer */
     uint64_t blame;        /* K_TIMEOUT: the record that ran too long */
+    uint64_t task_gen;     /* the task it runs: pool.task_gen when told; 0: the pool's own */
     /* Records in flight: fifo[seq & (fifo_cap - 1)] for seq in [recv, sent). */
     struct pmap__rec **fifo;
     uint32_t fifo_cap;
@@ -116,6 +117,15 @@ struct worker {
 
 struct pool {
     struct pmap__spawner *sp; /* starts, signals and reaps the workers */
+    /* The pool's own task, which every new worker starts with. */
+    pmap_task_fn fn;
+    void *ctx;
+    /* The task of the current map when it is not fn/ctx: task_gen names
+     * it (0: fn/ctx), so a worker that runs another is told before its
+     * next batch. */
+    pmap_task_fn task_fn;
+    void *task_ctx;
+    uint64_t task_gen, task_seq;
     unsigned timeout_ms;
     unsigned long max_tasks;
     size_t max_record;
@@ -159,6 +169,7 @@ static void place_reset(struct worker *w)
     w->recv = 0;
     w->pending = 0;
     w->blame = 0;
+    w->task_gen = 0; /* a new process starts with the pool's task */
     w->txbuf.len = 0;
     w->nseg = 0;
     w->seg_pos = 0;
@@ -718,6 +729,31 @@ static int fifo_reserve(struct worker *w, uint32_t more)
     return 0;
 }
 
+/* Queue a K_USE frame: the worker runs the pool's current task from its
+ * next batch on. */
+static PMAP__RARE int tx_use(struct worker *w)
+{
+    struct pool *p = w->pool;
+    struct pmap__frame f;
+    size_t pos = w->txbuf.len;
+    int rc;
+
+    if (p->task_gen != 0)
+        pmap__frame_use(&f, p->task_fn, p->task_ctx);
+    else
+        pmap__frame_use(&f, p->fn, p->ctx);
+    if (pmap__buf_reserve(&w->txbuf, pos + PMAP__HDR_SIZE + PMAP__TRL_SIZE) != 0)
+        return PMAP_ENOMEM;
+    pmap__frame_hdr(w->txbuf.data + pos, &f);
+    pmap__frame_trl(w->txbuf.data + pos + PMAP__HDR_SIZE, &f);
+    w->txbuf.len = pos + PMAP__HDR_SIZE + PMAP__TRL_SIZE;
+    rc = seg_add(w, NULL, pos, PMAP__HDR_SIZE + PMAP__TRL_SIZE);
+    if (rc != 0)
+        return rc;
+    w->task_gen = p->task_gen;
+    return 0;
+}
+
 static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
 {
     struct pool *p = be;
@@ -738,6 +774,11 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
         return rc;
     if (!tx_pending(w))
         tx_clear(w);
+    if (w->task_gen != p->task_gen) {
+        rc = tx_use(w);
+        if (rc != 0)
+            return rc;
+    }
     f.kind = PMAP__K_TASKS;
     f.count = n;
     f.seq = (uint32_t)w->sent;
@@ -1362,6 +1403,8 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
         errno = ENOMEM;
         return PMAP_ENOMEM;
     }
+    p->fn = cfg->fn;
+    p->ctx = cfg->ctx;
     p->timeout_ms = cfg->opt->task_timeout_ms;
     p->max_tasks = cfg->opt->max_tasks_per_worker;
     p->max_record = cfg->max_record;
@@ -1392,6 +1435,7 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
     a.fn = cfg->fn;
     a.ctx = cfg->ctx;
     a.init = cfg->opt->worker_init;
+    a.fini = cfg->opt->worker_exit;
     a.task_timeout_ms = cfg->opt->task_timeout_ms;
     a.max_worker_rss = cfg->opt->max_worker_rss;
     a.max_record = cfg->max_record;
@@ -1442,7 +1486,22 @@ static void be_release(void *be)
     pool_free(be);
 }
 
+static void be_set_task(void *be, pmap_task_fn fn, void *ctx)
+{
+    struct pool *p = be;
+
+    if (fn == NULL || (fn == p->fn && ctx == p->ctx)) {
+        p->task_gen = 0;
+    } else if (p->task_gen == 0 || fn != p->task_fn || ctx != p->task_ctx) {
+        /* A new name even for a task run before: workers that still run
+         * an older one compare names only. */
+        p->task_fn = fn;
+        p->task_ctx = ctx;
+        p->task_gen = ++p->task_seq;
+    }
+}
+
 const struct pmap__backend_ops pmap__process_ops = {
     be_create, be_destroy, be_release, be_nworkers, be_room,    be_inflight,
-    be_submit, be_pump,    be_cancel,  be_begin,    be_fd,      be_timeout,
+    be_submit, be_pump,    be_cancel,  be_begin,    be_fd,      be_timeout, be_set_task,
 };
