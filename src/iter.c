@@ -783,23 +783,38 @@ static int journal_wait(struct pmap_iter *it, int timeout_ms)
     return timeout_ms;
 }
 
+/* True when no worker has records of this map. */
+static int none_in_flight(struct pmap_iter *it)
+{
+    int k, nw = it->ops->nworkers(it->be);
+
+    for (k = 0; k < nw; k++)
+        if (it->ops->inflight(it->be, k) != 0)
+            return 0;
+    return 1;
+}
+
 static int step(struct pmap_iter *it, int timeout_ms)
 {
-    int rc;
+    int rc, skip = 0;
 
     if (it->stopped)
         return 0;
     it->in_step = 1;
     rc = dispatch(it);
-    if (it->jr != NULL)
+    if (it->jr != NULL) {
+        /* Replaying with nothing out: there is nothing to read, and a
+         * poll per pump was most of the cost of a replay. */
+        skip = it->jr_hit && none_in_flight(it);
         timeout_ms = journal_wait(it, timeout_ms);
+    }
     /* The generator may have just ended (or failed) with nothing left
      * alive: there is nothing to wait for then, and pump(-1) would block
      * forever (empty input, or an end found only after the last item). */
     if (rc == 0 && timeout_ms < 0 && it->returned == it->generated && it->retry.head == NONE &&
         it->gen_state != G_RUNNING)
         timeout_ms = 0;
-    if (rc == 0)
+    if (rc == 0 && !skip)
         rc = it->ops->pump(it->be, timeout_ms, &it->sink);
     if (rc == 0 && it->jr != NULL)
         rc = journal_flush(it);

@@ -18,14 +18,14 @@
  *   code refuses any version but its own (EBADMSG).
  *
  *   Then entries, appended one after the other, never rewritten:
- *      0  8  index of the record
- *      8  8  hash64(parameter bytes, PARAM_SEED)
- *     16  4  len: bytes of the result that follow the entry header
- *     20  4  code (two's complement): the task's return value for
+ *      0  4  check: low 32 bits of hash64(bytes 4 .. 32 + len, ENTRY_SEED),
+ *            i.e. of the rest of the entry
+ *      4  4  len: bytes of the result that follow the entry header
+ *      8  8  index of the record
+ *     16  8  hash64(parameter bytes, PARAM_SEED)
+ *     24  4  code (two's complement): the task's return value for
  *            PMAP_ETASK, 0 for PMAP_OK
- *     24  4  kind: 0 PMAP_OK, 1 PMAP_ETASK; nothing else is stored
- *     28  4  check: low 32 bits of hash64(result bytes,
- *            hash64(bytes 0..27, ENTRY_SEED))
+ *     28  4  kind: 0 PMAP_OK, 1 PMAP_ETASK; nothing else is stored
  *     32  len result bytes
  *   So an item costs 32 bytes plus its result.
  *
@@ -54,8 +54,8 @@
  * hold the lock.
  */
 #define _POSIX_C_SOURCE 200809L
-#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
-#define _DEFAULT_SOURCE /* flock */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* flock, sync_file_range */
 #endif
 
 #include "journal.h"
@@ -67,6 +67,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -79,6 +80,13 @@
 #define PARAM_SEED 0x706172616d686173ull /* "paramhas" */
 #define KIND_OK 0u
 #define KIND_TASK 1u
+/* Field offsets in an entry. */
+#define E_CHECK 0
+#define E_LEN 4
+#define E_INDEX 8
+#define E_PHASH 16
+#define E_CODE 24
+#define E_KIND 28
 
 /* Reads go through a buffer of this size; entries are written once this
  * many bytes are buffered (and after every pump). */
@@ -104,7 +112,7 @@ struct pmap_journal {
     uint64_t count;    /* items stored */
     /* The index: dense (offsets by index, 0 absent) or pairs. */
     uint64_t *dense;
-    uint64_t dspan, dcap; /* dense[0, dspan) initialised, dcap allocated */
+    uint64_t dspan, dcap; /* stored indexes are below dspan; dcap slots allocated */
     struct pair *pairs;
     size_t npairs, pcap, psorted; /* pairs[0, psorted) are sorted, unique */
     int sparse;
@@ -121,11 +129,22 @@ struct pmap_journal {
 /* Bytes                                                                    */
 /* ------------------------------------------------------------------------ */
 
+/* Little-endian loads and stores: a plain move on little-endian hosts. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define PMAP_JR_LE 1
+#else
+#define PMAP_JR_LE 0
+#endif
+
 static uint64_t ld64(const unsigned char *p)
 {
     uint64_t v = 0;
     int i;
 
+    if (PMAP_JR_LE) {
+        memcpy(&v, p, sizeof v);
+        return v;
+    }
     for (i = 7; i >= 0; i--)
         v = v << 8 | p[i];
     return v;
@@ -133,6 +152,12 @@ static uint64_t ld64(const unsigned char *p)
 
 static uint32_t ld32(const unsigned char *p)
 {
+    uint32_t v;
+
+    if (PMAP_JR_LE) {
+        memcpy(&v, p, sizeof v);
+        return v;
+    }
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
@@ -140,12 +165,20 @@ static void st64(unsigned char *p, uint64_t v)
 {
     int i;
 
+    if (PMAP_JR_LE) {
+        memcpy(p, &v, sizeof v);
+        return;
+    }
     for (i = 0; i < 8; i++, v >>= 8)
         p[i] = (unsigned char)v;
 }
 
 static void st32(unsigned char *p, uint32_t v)
 {
+    if (PMAP_JR_LE) {
+        memcpy(p, &v, sizeof v);
+        return;
+    }
     p[0] = (unsigned char)v;
     p[1] = (unsigned char)(v >> 8);
     p[2] = (unsigned char)(v >> 16);
@@ -180,10 +213,7 @@ uint64_t pmap__hash64(const void *p, size_t n, uint64_t seed)
     while (n >= 8) {
         uint64_t w;
 
-        memcpy(&w, s, 8);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
         w = ld64(s);
-#endif
         h = rotl(h ^ (w * k2), 31) * k1;
         s += 8;
         n -= 8;
@@ -199,9 +229,10 @@ uint64_t pmap__hash64(const void *p, size_t n, uint64_t seed)
     return avalanche(h);
 }
 
-static uint32_t entry_check(const unsigned char *hdr, const void *data, size_t len)
+/* The check of the entry at e whose result is len bytes (e + 4 .. end). */
+static uint32_t entry_check(const unsigned char *e, size_t len)
 {
-    return (uint32_t)pmap__hash64(data, len, pmap__hash64(hdr, 28, ENTRY_SEED));
+    return (uint32_t)pmap__hash64(e + 4, ENTRY_HDR - 4 + len, ENTRY_SEED);
 }
 
 static void make_header(unsigned char *h)
@@ -270,12 +301,10 @@ static int sync_fd(int fd)
 
 /* Make file bytes [off, off + n) readable in rbuf (n <= IO_BUF): a pointer
  * to them, or NULL when the file is shorter (errno 0) or a read failed. */
-static const unsigned char *cached(struct pmap_journal *j, uint64_t off, size_t n)
+static PMAP__NOINLINE const unsigned char *refill(struct pmap_journal *j, uint64_t off, size_t n)
 {
     long got;
 
-    if (off >= j->roff && off + n <= j->roff + j->rlen)
-        return j->rbuf + (off - j->roff);
     if (j->rbuf == NULL) {
         j->rbuf = malloc(IO_BUF);
         if (j->rbuf == NULL) {
@@ -294,6 +323,13 @@ static const unsigned char *cached(struct pmap_journal *j, uint64_t off, size_t 
         return NULL;
     }
     return j->rbuf;
+}
+
+static inline const unsigned char *cached(struct pmap_journal *j, uint64_t off, size_t n)
+{
+    if (off >= j->roff && off + n <= j->roff + j->rlen)
+        return j->rbuf + (off - j->roff);
+    return refill(j, off, n);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -329,6 +365,58 @@ static int pairs_push(struct pmap_journal *j, uint64_t index, uint64_t off)
     return 0;
 }
 
+/*
+ * The dense array grows by doubling, zero-filled. On Linux it is an
+ * anonymous mapping that mremap moves without copying and that may use
+ * transparent huge pages: faulting in a fresh page per 512 items was most
+ * of the cost of opening a large journal in a virtual machine.
+ */
+#define DENSE_MIN ((uint64_t)1 << 16)
+
+static void dense_free(struct pmap_journal *j)
+{
+#ifdef __linux__
+    if (j->dense != NULL)
+        (void)munmap(j->dense, (size_t)j->dcap * sizeof *j->dense);
+#else
+    free(j->dense);
+#endif
+    j->dense = NULL;
+    j->dspan = j->dcap = 0;
+}
+
+static int dense_grow(struct pmap_journal *j, uint64_t need)
+{
+    uint64_t ncap = j->dcap ? j->dcap : DENSE_MIN;
+    size_t bytes;
+    void *p;
+
+    while (ncap < need)
+        ncap *= 2;
+    if (ncap > SIZE_MAX / sizeof *j->dense)
+        return PMAP_ENOMEM;
+    bytes = (size_t)ncap * sizeof *j->dense;
+#ifdef __linux__
+    if (j->dense == NULL)
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    else
+        p = mremap(j->dense, (size_t)j->dcap * sizeof *j->dense, bytes, MREMAP_MAYMOVE);
+    if (p == MAP_FAILED)
+        return PMAP_ENOMEM;
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+#else
+    p = realloc(j->dense, bytes);
+    if (p == NULL)
+        return PMAP_ENOMEM;
+    memset((uint64_t *)p + j->dcap, 0, (size_t)(ncap - j->dcap) * sizeof *j->dense);
+#endif
+    j->dense = p;
+    j->dcap = ncap;
+    return 0;
+}
+
 /* Give up the dense array for pairs: too few of its indexes are stored. */
 static PMAP__RARE int go_sparse(struct pmap_journal *j)
 {
@@ -337,9 +425,7 @@ static PMAP__RARE int go_sparse(struct pmap_journal *j)
     for (i = 0; i < j->dspan; i++)
         if (j->dense[i] != 0 && pairs_push(j, i, j->dense[i]) != 0)
             return PMAP_ENOMEM;
-    free(j->dense);
-    j->dense = NULL;
-    j->dspan = j->dcap = 0;
+    dense_free(j);
     j->psorted = j->npairs;
     j->sparse = 1;
     return 0;
@@ -398,6 +484,13 @@ static int index_add(struct pmap_journal *j, uint64_t index, uint64_t off)
     uint64_t dummy;
 
     if (!j->sparse) {
+        if (index == j->dspan && index < j->dcap) {
+            /* The common case: the next index in order. */
+            j->dense[index] = off;
+            j->dspan++;
+            j->count++;
+            return 0;
+        }
         if (index < j->dspan) {
             if (j->dense[index] == 0) {
                 j->dense[index] = off;
@@ -406,21 +499,9 @@ static int index_add(struct pmap_journal *j, uint64_t index, uint64_t off)
             return 0;
         }
         if (index / 2 <= j->count + DENSE_SLACK / 2) {
-            if (index >= j->dcap) {
-                uint64_t ncap = j->dcap ? j->dcap : 4096;
-                uint64_t *p;
-
-                while (ncap <= index)
-                    ncap *= 2;
-                if (ncap > SIZE_MAX / sizeof *p)
-                    return PMAP_ENOMEM;
-                p = realloc(j->dense, (size_t)ncap * sizeof *p);
-                if (p == NULL)
-                    return PMAP_ENOMEM;
-                j->dense = p;
-                j->dcap = ncap;
-            }
-            memset(j->dense + j->dspan, 0, (size_t)(index - j->dspan) * sizeof *j->dense);
+            /* Slots past dspan are zero (dense_grow). */
+            if (index >= j->dcap && dense_grow(j, index + 1) != 0)
+                return PMAP_ENOMEM;
             j->dense[index] = off;
             j->dspan = index + 1;
             j->count++;
@@ -452,46 +533,43 @@ static int scan(struct pmap_journal *j, uint64_t size)
     int rc = 0;
 
     while (size - off >= ENTRY_HDR) {
-        const unsigned char *h = cached(j, off, ENTRY_HDR);
-        unsigned char hdr[ENTRY_HDR];
+        const unsigned char *e = cached(j, off, ENTRY_HDR);
         uint64_t index;
         uint32_t len, kind;
         int ok;
 
-        if (h == NULL) {
+        if (e == NULL) {
             if (errno != 0)
                 return -1;
             break;
         }
-        memcpy(hdr, h, ENTRY_HDR);
-        index = ld64(hdr);
-        len = ld32(hdr + 16);
-        kind = ld32(hdr + 24);
-        if (kind > KIND_TASK || (kind == KIND_OK && ld32(hdr + 20) != 0))
+        index = ld64(e + E_INDEX);
+        len = ld32(e + E_LEN);
+        kind = ld32(e + E_KIND);
+        if (kind > KIND_TASK || (kind == KIND_OK && ld32(e + E_CODE) != 0))
             break;
         if (len > size - off - ENTRY_HDR)
             break;
         if (ENTRY_HDR + (size_t)len <= IO_BUF) {
-            const unsigned char *e = cached(j, off, ENTRY_HDR + (size_t)len);
-
+            e = cached(j, off, ENTRY_HDR + (size_t)len);
             if (e == NULL) {
                 if (errno != 0)
                     return -1;
                 break;
             }
-            ok = entry_check(hdr, e + ENTRY_HDR, len) == ld32(hdr + 28);
+            ok = entry_check(e, len) == ld32(e + E_CHECK);
         } else {
             /* Bounded by the file's size, checked above. */
-            unsigned char *data = malloc(len);
+            unsigned char *whole = malloc(ENTRY_HDR + (size_t)len);
             long got;
 
-            if (data == NULL) {
+            if (whole == NULL) {
                 errno = ENOMEM;
                 return -1;
             }
-            got = pread_full(j->fd, data, len, off + ENTRY_HDR);
-            ok = got == (long)len && entry_check(hdr, data, len) == ld32(hdr + 28);
-            free(data);
+            got = pread_full(j->fd, whole, ENTRY_HDR + (size_t)len, off);
+            ok = got == (long)(ENTRY_HDR + len) && entry_check(whole, len) == ld32(whole);
+            free(whole);
             if (got < 0)
                 return -1;
         }
@@ -521,7 +599,7 @@ static int scan(struct pmap_journal *j, uint64_t size)
 static void journal_free(struct pmap_journal *j)
 {
     pmap__close(&j->fd);
-    free(j->dense);
+    dense_free(j);
     free(j->pairs);
     free(j->wbuf);
     free(j->rbuf);
@@ -617,6 +695,13 @@ static int write_out(struct pmap_journal *j)
         j->err = errno ? errno : EIO;
         return PMAP_EJOURNAL;
     }
+#if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)
+    /* Start the writeback now, so that the next fdatasync finds most of
+     * it done instead of stalling the map for a second's worth of data.
+     * A hint: its failure changes nothing. */
+    (void)sync_file_range(j->fd, (off_t)(j->end - j->wlen), (off_t)j->wlen,
+                          SYNC_FILE_RANGE_WRITE);
+#endif
     j->wlen = 0;
     if (!j->dirty) {
         j->dirty = 1;
@@ -664,14 +749,14 @@ void pmap__jr_store(struct pmap_journal *j, uint64_t index, const void *p, size_
         j->wcap = ncap;
     }
     e = j->wbuf + j->wlen;
-    st64(e, index);
-    st64(e + 8, pmap__hash64(p, n, PARAM_SEED));
-    st32(e + 16, (uint32_t)len);
-    st32(e + 20, status == PMAP_OK ? 0u : (uint32_t)code);
-    st32(e + 24, status == PMAP_OK ? KIND_OK : KIND_TASK);
+    st32(e + E_LEN, (uint32_t)len);
+    st64(e + E_INDEX, index);
+    st64(e + E_PHASH, pmap__hash64(p, n, PARAM_SEED));
+    st32(e + E_CODE, status == PMAP_OK ? 0u : (uint32_t)code);
+    st32(e + E_KIND, status == PMAP_OK ? KIND_OK : KIND_TASK);
     if (len > 0)
-        memcpy(e + ENTRY_HDR, data, len);
-    st32(e + 28, entry_check(e, e + ENTRY_HDR, len));
+        pmap__copy(e + ENTRY_HDR, data, len);
+    st32(e + E_CHECK, entry_check(e, len));
     j->wlen += ENTRY_HDR + len;
     j->end += ENTRY_HDR + len;
     if (index_add(j, index, off) != 0) {
@@ -720,23 +805,22 @@ int pmap__jr_timeout_ms(const struct pmap_journal *j)
 int pmap__jr_replay(struct pmap_journal *j, uint64_t index, const void *p, size_t n, int *status,
                     int *code, struct pmap_buf *result)
 {
-    const unsigned char *h;
-    unsigned char hdr[ENTRY_HDR];
+    const unsigned char *e;
     uint64_t off;
     uint32_t len;
-    const unsigned char *data;
 
     if (!index_find(j, index, &off))
         return 0;
-    h = cached(j, off, ENTRY_HDR);
-    if (h == NULL)
+    e = cached(j, off, ENTRY_HDR);
+    if (e == NULL)
         return errno == ENOMEM ? PMAP_ENOMEM : PMAP_EJOURNAL;
-    memcpy(hdr, h, ENTRY_HDR);
-    if (ld64(hdr) != index || ld64(hdr + 8) != pmap__hash64(p, n, PARAM_SEED))
+    if (ld64(e + E_INDEX) != index || ld64(e + E_PHASH) != pmap__hash64(p, n, PARAM_SEED))
         return PMAP_EJOURNAL;
-    len = ld32(hdr + 16);
-    *status = ld32(hdr + 24) == KIND_OK ? PMAP_OK : PMAP_ETASK;
-    *code = (int)ld32(hdr + 20);
+    /* The check was verified when the journal was opened (or the entry
+     * written by this process): the bytes are not hashed again here. */
+    len = ld32(e + E_LEN);
+    *status = ld32(e + E_KIND) == KIND_OK ? PMAP_OK : PMAP_ETASK;
+    *code = (int)ld32(e + E_CODE);
     result->len = 0;
     if (len > result->max) {
         /* Stored by a map that allowed larger results than this one. */
@@ -744,19 +828,17 @@ int pmap__jr_replay(struct pmap_journal *j, uint64_t index, const void *p, size_
         *code = 0;
         return 1;
     }
-    if (pmap__buf_reserve(result, len) != 0)
+    if (len > result->cap && pmap__buf_reserve(result, len) != 0)
         return PMAP_ENOMEM;
     if (ENTRY_HDR + (size_t)len <= IO_BUF) {
-        data = cached(j, off, ENTRY_HDR + (size_t)len);
-        if (data == NULL)
+        e = cached(j, off, ENTRY_HDR + (size_t)len);
+        if (e == NULL)
             return errno == ENOMEM ? PMAP_ENOMEM : PMAP_EJOURNAL;
         if (len > 0)
-            pmap__copy(result->data, data + ENTRY_HDR, len);
+            pmap__copy(result->data, e + ENTRY_HDR, len);
     } else if (pread_full(j->fd, result->data, len, off + ENTRY_HDR) != (long)len) {
         return PMAP_EJOURNAL;
     }
-    if (entry_check(hdr, result->data, len) != ld32(hdr + 28))
-        return PMAP_EJOURNAL;
     result->len = len;
     return 1;
 }

@@ -462,8 +462,8 @@ static long last_entry(const char *p, uint64_t *index)
     while (pos + 32 <= size) {
         assert_int_equal(pread(fd, h, sizeof h, pos), (ssize_t)sizeof h);
         last = pos;
-        memcpy(index, h, sizeof *index); /* little-endian machines */
-        pos += 32 + (long)((uint32_t)h[16] | (uint32_t)h[17] << 8);
+        memcpy(index, h + 8, sizeof *index); /* little-endian machines */
+        pos += 32 + (long)((uint32_t)h[4] | (uint32_t)h[5] << 8);
     }
     assert_int_equal(close(fd), 0);
     assert_int_equal(pos, size);
@@ -505,7 +505,7 @@ static void test_damaged_tail(void **state)
         if (round == 0)
             assert_int_equal(truncate(path, size - 3), 0);
         else
-            write_at(path, start + 4, "XXXX", 4); /* the entry's index */
+            write_at(path, start + 8, "XXXX", 4); /* the entry's index */
         j = pmap_journal_open(path);
         assert_non_null(j);
         assert_int_equal(pmap_journal_count(j), n - 1);
@@ -809,7 +809,7 @@ static void test_reader_table(void **state)
     good = slurp(path, &size);
     /* Entry ends, in file order (one worker's results may come first). */
     for (pos = 32; pos < size; nent++) {
-        uint32_t len = (uint32_t)good[pos + 16] | (uint32_t)good[pos + 17] << 8;
+        uint32_t len = (uint32_t)good[pos + 4] | (uint32_t)good[pos + 5] << 8;
 
         pos += 32 + len;
         ends[nent] = pos;
@@ -871,10 +871,10 @@ static void test_reader_table(void **state)
     for (k = 0; k < 2; k++) {
         memcpy(bad, good, size);
         if (k == 0)
-            memset(bad + 32 + 16, 0xff, 4);
+            memset(bad + 32 + 4, 0xff, 4);
         else
-            bad[32 + 16] = (unsigned char)(size - 32 - 32 + 1);
-        bad[32 + 17] = k == 0 ? 0xff : 0;
+            bad[32 + 4] = (unsigned char)(size - 32 - 32 + 1);
+        bad[32 + 5] = k == 0 ? 0xff : 0;
         spill(copy, bad, size);
         j = pmap_journal_open(copy);
         assert_non_null(j);
