@@ -261,7 +261,10 @@ typedef struct pmap_options {
      *  0: automatic, workers * 4 * 2048 records, or workers * 4 * chunk
      *  when chunk is set and larger than 2048, and at most 65536; the
      *  automatic window also pauses the generator while the records alive
-     *  hold more than 256 MiB (at least one record is always in flight). */
+     *  hold more than 256 MiB, or, once a parameter of 16 KiB or more has
+     *  been seen, more than workers * 4 times the largest parameter (at
+     *  least 1 MiB each), when that is less (at least one record is
+     *  always in flight). */
     unsigned window;
     /** Replace a worker after it has run this many records; 0: never. */
     unsigned long max_tasks_per_worker;

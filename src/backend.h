@@ -58,6 +58,8 @@ struct pmap__sink {
     /* A worker ran `count` records in `task_us` microseconds (sizes the
      * adaptive batches). May be NULL. */
     void (*timing)(void *it, uint32_t count, uint32_t task_us);
+    /* Blocks for results larger than their slot's buffer. May be NULL. */
+    struct pmap__stash *stash;
 };
 
 /* What a backend is created from: the pool's settings, resolved. */

@@ -34,7 +34,13 @@ int pmap__buf_reserve(struct pmap_buf *b, size_t cap)
         }
         ncap *= 2;
     }
-    if (b->data == b->small) {
+    if (b->data == b->small || b->len == 0) {
+        /* Nothing to keep: realloc would copy the old block's bytes. */
+        if (b->data != b->small) {
+            free(b->data);
+            b->data = b->small;
+            b->cap = sizeof b->small;
+        }
         p = malloc(ncap);
         if (p == NULL) {
             ncap = cap;
@@ -109,6 +115,90 @@ void pmap__buf_free(struct pmap_buf *b)
     b->data = b->small;
     b->len = 0;
     b->cap = sizeof b->small;
+}
+
+void pmap__stash_init(struct pmap__stash *s)
+{
+    s->n = 0;
+    s->bytes = 0;
+}
+
+static void stash_drop(struct pmap__stash *s, unsigned i)
+{
+    s->bytes -= s->cap[i];
+    s->n--;
+    s->block[i] = s->block[s->n];
+    s->cap[i] = s->cap[s->n];
+}
+
+void pmap__stash_put(struct pmap__stash *s, struct pmap_buf *b)
+{
+    unsigned char *block;
+    size_t cap;
+
+    pmap__buf_unfail(b);
+    b->len = 0;
+    if (b->data == b->small)
+        return;
+    block = b->data;
+    cap = b->cap;
+    b->data = b->small;
+    b->cap = sizeof b->small;
+    if (s == NULL || cap < PMAP__STASH_MIN || cap > PMAP__STASH_BYTES) {
+        free(block);
+        return;
+    }
+    /* Full: the smallest blocks make way for a larger one, since the
+     * large ones are the expensive ones to fault in again. */
+    while (s->n == PMAP__STASH_SLOTS || s->bytes + cap > PMAP__STASH_BYTES) {
+        unsigned i, min = 0;
+
+        for (i = 1; i < s->n; i++)
+            if (s->cap[i] < s->cap[min])
+                min = i;
+        if (s->cap[min] >= cap) {
+            free(block);
+            return;
+        }
+        free(s->block[min]);
+        stash_drop(s, min);
+    }
+    s->block[s->n] = block;
+    s->cap[s->n] = cap;
+    s->n++;
+    s->bytes += cap;
+}
+
+int pmap__stash_reserve(struct pmap__stash *s, struct pmap_buf *b, size_t cap)
+{
+    unsigned i, best = PMAP__STASH_SLOTS;
+
+    if (cap <= b->cap)
+        return 0;
+    if (s != NULL && b->len == 0) {
+        for (i = 0; i < s->n; i++)
+            if (s->cap[i] >= cap && (best == PMAP__STASH_SLOTS || s->cap[i] < s->cap[best]))
+                best = i;
+        if (best != PMAP__STASH_SLOTS) {
+            pmap__buf_unfail(b);
+            if (b->data != b->small)
+                free(b->data);
+            b->data = s->block[best];
+            b->cap = s->cap[best];
+            stash_drop(s, best);
+            return 0;
+        }
+    }
+    return pmap__buf_reserve(b, cap);
+}
+
+void pmap__stash_free(struct pmap__stash *s)
+{
+    while (s->n) {
+        s->n--;
+        free(s->block[s->n]);
+    }
+    s->bytes = 0;
 }
 
 /* pmap_buf_reserve when the buffer must grow, or the call is wrong. */

@@ -40,6 +40,35 @@ int pmap__buf_failed(const struct pmap_buf *b);
 /* Clear the failed mark (the buffer stays empty). */
 void pmap__buf_unfail(struct pmap_buf *b);
 
+/*
+ * Large blocks kept between records. Without it every record above the
+ * slots' keep bound got a fresh block from malloc, which for a large one
+ * is a fresh mmap: the copy into it then faulted in every page (a quarter
+ * of the caller's cycles echoing 1 MiB records). Blocks that records let
+ * go of wait here, few and bounded in bytes, for the next record of a
+ * similar size, so their pages stay mapped and warm in the cache.
+ */
+#define PMAP__STASH_SLOTS 16u
+#define PMAP__STASH_MIN ((size_t)16 << 10)
+#define PMAP__STASH_BYTES ((size_t)256 << 20)
+
+struct pmap__stash {
+    unsigned n;
+    size_t bytes; /* sum of cap[] */
+    unsigned char *block[PMAP__STASH_SLOTS];
+    size_t cap[PMAP__STASH_SLOTS];
+};
+
+void pmap__stash_init(struct pmap__stash *s);
+/* Empty b (as pmap__buf_trim(b, 0)), keeping its heap block in the stash
+ * when it is worth keeping and there is room. s may be NULL. */
+void pmap__stash_put(struct pmap__stash *s, struct pmap_buf *b);
+/* pmap__buf_reserve for an empty buffer, from the stash's smallest block
+ * that holds `cap` bytes when there is one. s may be NULL. */
+int pmap__stash_reserve(struct pmap__stash *s, struct pmap_buf *b, size_t cap);
+/* Free every block the stash holds. */
+void pmap__stash_free(struct pmap__stash *s);
+
 /* memcpy for records that are usually a few bytes: fixed-size moves the
  * compiler inlines, instead of a library call per record. No overlap. */
 static inline void pmap__copy(void *dst, const void *src, size_t n)

@@ -48,6 +48,16 @@
 /* In automatic-window mode, stop generating while records alive hold more
  * than this many bytes (there is always at least one record in flight). */
 #define AUTO_BYTES ((uint64_t)256 << 20)
+/* Once records this large appear, the automatic window also holds at most
+ * LIVE_PER_PLACE records' worth of the largest bytes per place (at least
+ * LIVE_FLOOR each), and adaptive batches carry about BIG_BATCH bytes: the
+ * count-based window, sized for tiny records, would otherwise let a few
+ * workers' batches run to the full AUTO_BYTES, walking through hundreds of
+ * megabytes of cold memory where a few blocks reused hot would do. */
+#define BIG_RECORD ((size_t)16 << 10)
+#define LIVE_PER_PLACE (DEPTH + 2u)
+#define LIVE_FLOOR ((uint64_t)1 << 20)
+#define BIG_BATCH ((size_t)1 << 20)
 /* Heap bytes that slot buffers may keep between records, all slots
  * together: each buffer keeps at most KEEP_TOTAL / (2 * window) bytes
  * (and never more than KEEP_BYTES) when its record is released.
@@ -94,6 +104,10 @@ struct pmap_iter {
     uint32_t out_slot;  /* input order: slot of record `returned`, the next to hand out */
     uint32_t fresh;     /* slots [0, fresh) are initialised; the rest still calloc's zeroes */
     uint64_t live_bytes;
+    uint64_t live_max;  /* the automatic window's byte bound; UINT64_MAX for a fixed window */
+    size_t big;         /* the largest parameter so far */
+    uint32_t chunk_max; /* adaptive batches hold at most this many records */
+    struct pmap__stash stash;
     uint32_t free_head; /* completion order: free slots */
     struct queue retry; /* records to run (again) before new ones */
     struct queue done;  /* completion order: finished records */
@@ -161,6 +175,12 @@ unsigned pmap__iter_auto_window(int nworkers, unsigned chunk)
 /* Sink: what the backend reports                                           */
 /* ------------------------------------------------------------------------ */
 
+/* A slot buffer grew past the keep bound: its block goes to the stash. */
+static PMAP__RARE PMAP__NOINLINE void shelve(struct pmap_iter *it, struct pmap_buf *b)
+{
+    pmap__stash_put(&it->stash, b);
+}
+
 /* A record is finished. Inlined in both sinks below, so that a frame of
  * tiny results costs no call per record; the byte count of live records
  * and the trim bound are passed in and out so that a run of records keeps
@@ -180,7 +200,7 @@ static inline uint64_t finish(struct pmap_iter *it, struct pmap__rec *r, uint64_
     live += (uint64_t)r->result.len - (uint64_t)r->param.len;
     r->param.len = 0;
     if (r->param.cap > keep)
-        pmap__buf_trim(&r->param, keep);
+        shelve(it, &r->param);
     if (!ordered)
         q_push(it, &it->done, r);
     return live;
@@ -251,7 +271,7 @@ static uint32_t chunk_size(const struct pmap_iter *it)
     } else {
         double c = TARGET_BATCH_NS / it->ns_per_rec;
 
-        chunk = c >= CHUNK_MAX ? CHUNK_MAX : c < 1.0 ? 1u : (uint32_t)c;
+        chunk = c >= it->chunk_max ? it->chunk_max : c < 1.0 ? 1u : (uint32_t)c;
     }
     /* Leave enough of the window for every worker to have work. */
     fair = it->window / ((uint32_t)nw * (DEPTH + 1u));
@@ -271,6 +291,32 @@ static PMAP__RARE int gen_failed_buf(struct pmap_iter *it, struct pmap_buf *para
     return -1;
 }
 
+/* A parameter larger than any before: bound the window's bytes and the
+ * batches by it (see BIG_RECORD). */
+static PMAP__RARE PMAP__NOINLINE void grew_big(struct pmap_iter *it, size_t len)
+{
+    uint64_t per, bound;
+    size_t chunk;
+
+    it->big = len;
+    if (len < BIG_RECORD)
+        return;
+    chunk = BIG_BATCH / len;
+    it->chunk_max = chunk < 1 ? 1u : chunk < CHUNK_MAX ? (uint32_t)chunk : CHUNK_MAX;
+    if (!it->window_auto)
+        return;
+    per = len > LIVE_FLOOR ? (uint64_t)len : LIVE_FLOOR;
+    bound = per * LIVE_PER_PLACE * (uint64_t)it->ops->nworkers(it->be);
+    it->live_max = bound < AUTO_BYTES ? bound : AUTO_BYTES;
+}
+
+/* Before the generator runs on an empty slot: a stashed block, so that a
+ * large parameter is written into pages already mapped. */
+static PMAP__RARE PMAP__NOINLINE void param_from_stash(struct pmap_iter *it, struct pmap_buf *b)
+{
+    (void)pmap__stash_reserve(&it->stash, b, it->big);
+}
+
 static struct pmap__rec *generate(struct pmap_iter *it)
 {
     struct pmap__rec *r;
@@ -279,7 +325,7 @@ static struct pmap__rec *generate(struct pmap_iter *it)
 
     if (it->gen_state != G_RUNNING || it->generated - it->returned >= it->window)
         return NULL;
-    if (it->window_auto && it->live_bytes > AUTO_BYTES && it->generated > it->returned)
+    if (it->live_bytes > it->live_max && it->generated > it->returned)
         return NULL;
     if (it->ordered) {
         slot = it->gen_slot;
@@ -300,6 +346,8 @@ static struct pmap__rec *generate(struct pmap_iter *it)
         it->fresh = slot + 1;
     }
     r->param.len = 0;
+    if (it->stash.n != 0 && r->param.data == r->param.small)
+        param_from_stash(it, &r->param);
     rc = it->gen(it->gen_ctx, &r->param);
     if (rc > 0 && r->param.cap == 0)
         rc = gen_failed_buf(it, &r->param);
@@ -322,6 +370,8 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     r->tries = 0;
     r->lost = 0;
     r->result.len = 0;
+    if (r->param.len > it->big)
+        grew_big(it, r->param.len);
     it->live_bytes += r->param.len;
     return r;
 }
@@ -339,8 +389,10 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
     struct pmap__rec *recs = it->recs;
     const uint32_t window = it->window;
     const uint64_t returned = it->returned;
-    /* The automatic window's byte bound (none for a fixed window). */
-    const uint64_t live_max = it->window_auto ? AUTO_BYTES : UINT64_MAX;
+    const uint64_t live_max = it->live_max;
+    /* Blocks are stashed only once records are large. */
+    const int stashing = it->stash.n != 0;
+    size_t big = it->big;
     const pmap_gen_fn gen = it->gen;
     void *const gen_ctx = it->gen_ctx;
     uint64_t idx = it->generated, live = it->live_bytes;
@@ -380,12 +432,18 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
             fresh = slot + 1;
         }
         r->param.len = 0;
+        if (stashing && it->stash.n != 0 && r->param.data == r->param.small)
+            param_from_stash(it, &r->param);
         rc = gen(gen_ctx, &r->param);
         if (rc > 0 && r->param.cap == 0)
             rc = gen_failed_buf(it, &r->param);
         if (rc <= 0) {
             r->param.len = 0;
             break;
+        }
+        if (r->param.len > big) {
+            grew_big(it, r->param.len);
+            big = it->big;
         }
         if (++slot == window)
             slot = 0;
@@ -598,7 +656,7 @@ static void release_lost(struct pmap_iter *it, struct pmap__rec *r)
     it->live_bytes -= r->param.len;
     r->param.len = 0;
     if (r->param.cap > it->keep)
-        pmap__buf_trim(&r->param, it->keep);
+        shelve(it, &r->param);
 }
 
 static inline void release(struct pmap_iter *it, struct pmap__rec *r)
@@ -609,7 +667,7 @@ static inline void release(struct pmap_iter *it, struct pmap__rec *r)
     r->state = R_FREE;
     r->result.len = 0;
     if (r->result.cap > it->keep)
-        pmap__buf_trim(&r->result, it->keep);
+        shelve(it, &r->result);
     it->returned++;
     if (it->ordered) {
         if (++it->out_slot == it->window)
@@ -728,6 +786,10 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->sink.done_many = on_done_many;
     it->sink.retry = on_retry;
     it->sink.timing = on_timing;
+    it->sink.stash = &it->stash;
+    it->live_max = it->window_auto ? AUTO_BYTES : UINT64_MAX;
+    it->chunk_max = CHUNK_MAX;
+    pmap__stash_init(&it->stash);
     it->ev_epfd = -1;
     it->ev_efd = -1;
     pool->iter = it;
@@ -775,8 +837,11 @@ static int next_slow(struct pmap_iter *it, pmap_item *item)
             return PMAP_OK;
         }
         if (it->returned == it->generated && it->retry.head == NONE &&
-            (it->gen_state != G_RUNNING || it->stopped))
+            (it->gen_state != G_RUNNING || it->stopped)) {
+            /* Nothing will use the blocks again. */
+            pmap__stash_free(&it->stash);
             return it->fatal ? it->fatal : PMAP_DONE;
+        }
         it->since_pump = 0;
         (void)step(it, -1);
     }
@@ -881,6 +946,7 @@ int pmap_iter_free(pmap_iter *it)
         pmap__buf_free(&it->recs[i].result);
     }
     slots_free(it->recs, it->window);
+    pmap__stash_free(&it->stash);
     free(it->batch);
     /* Only closed (in an inherited copy too): the eventfd is in no other
      * set, and the backend's descriptor stays the backend's. */

@@ -491,7 +491,7 @@ static int c_frame(void *ud, const struct pmap__frame *f)
 static PMAP__RARE int c_result_grow(struct worker *w, struct pmap__rec *r, uint64_t len)
 {
     r->result.len = 0;
-    if (pmap__buf_reserve(&r->result, (size_t)len) != 0) {
+    if (pmap__stash_reserve(w->pool->sink->stash, &r->result, (size_t)len) != 0) {
         w->pool->fatal = PMAP_ENOMEM;
         return PMAP_ENOMEM;
     }

@@ -8,6 +8,8 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "pmap.h"
+/* buf.h: the caller's stash of large blocks, tested on its own. */
+#include "buf.h"
 #include "testutil.h"
 
 #include <errno.h>
@@ -372,6 +374,136 @@ static void test_buf_limits(void **state)
     tu_snap_check(&snap);
 }
 
+/* The stash of large blocks: which blocks it keeps, which it lets go of,
+ * and that a block is handed out once. */
+static size_t stash_sum(const struct pmap__stash *s)
+{
+    size_t sum = 0;
+    unsigned i;
+
+    for (i = 0; i < s->n; i++)
+        sum += s->cap[i];
+    return sum;
+}
+
+/* b with a heap block of exactly `cap` bytes (a power of two, >= 64). */
+static void stash_buf(struct pmap_buf *b, size_t cap)
+{
+    pmap__buf_init(b, SIZE_MAX);
+    assert_int_equal(pmap__buf_reserve(b, cap), 0);
+    assert_int_equal(b->cap, cap);
+    b->len = 5; /* put() ignores what the buffer held */
+}
+
+static void test_stash(void **state)
+{
+    struct pmap__stash s;
+    struct pmap_buf b, c;
+    unsigned char *block;
+    unsigned i;
+
+    (void)state;
+    pmap__stash_init(&s);
+
+    /* Below PMAP__STASH_MIN a block is freed, and the buffer is empty. */
+    stash_buf(&b, PMAP__STASH_MIN / 2);
+    pmap__stash_put(&s, &b);
+    assert_int_equal(s.n, 0);
+    assert_ptr_equal(b.data, b.small);
+    assert_int_equal(b.len, 0);
+
+    /* A kept block comes back to a buffer that asks for no more than it
+     * holds, the smallest that fits first, and leaves the stash. */
+    stash_buf(&b, (size_t)64 << 10);
+    block = b.data;
+    pmap__stash_put(&s, &b);
+    stash_buf(&b, (size_t)256 << 10);
+    pmap__stash_put(&s, &b);
+    assert_int_equal(s.n, 2);
+    assert_int_equal(s.bytes, ((size_t)320) << 10);
+    pmap__buf_init(&c, SIZE_MAX);
+    assert_int_equal(pmap__stash_reserve(&s, &c, (size_t)40 << 10), 0);
+    assert_ptr_equal(c.data, block);
+    assert_int_equal(c.cap, (size_t)64 << 10);
+    assert_int_equal(s.n, 1);
+    assert_int_equal(s.bytes, (size_t)256 << 10);
+    /* Enough room already: the stash is not asked. */
+    assert_int_equal(pmap__stash_reserve(&s, &c, (size_t)60 << 10), 0);
+    assert_ptr_equal(c.data, block);
+    assert_int_equal(s.n, 1);
+    /* A buffer holding bytes keeps them: it grows in place, not from the
+     * stash (whose block would lose them). */
+    c.len = 3;
+    memcpy(c.data, "abc", 3);
+    assert_int_equal(pmap__stash_reserve(&s, &c, (size_t)128 << 10), 0);
+    assert_int_equal(s.n, 1);
+    assert_memory_equal(c.data, "abc", 3);
+    /* Nothing large enough: a new block, the stash untouched. */
+    c.len = 0;
+    assert_int_equal(pmap__stash_reserve(&s, &c, (size_t)1 << 20), 0);
+    assert_true(c.cap >= (size_t)1 << 20);
+    assert_int_equal(s.n, 1);
+    pmap__buf_free(&c);
+
+    /* Full by count: a larger block replaces the smallest, a block no
+     * larger than any kept one is freed. */
+    pmap__stash_free(&s);
+    assert_int_equal(s.n, 0);
+    assert_int_equal(s.bytes, 0);
+    for (i = 0; i < PMAP__STASH_SLOTS; i++) {
+        stash_buf(&b, PMAP__STASH_MIN << (i % 3));
+        pmap__stash_put(&s, &b);
+    }
+    assert_int_equal(s.n, PMAP__STASH_SLOTS);
+    stash_buf(&b, PMAP__STASH_MIN);
+    pmap__stash_put(&s, &b);
+    assert_int_equal(s.n, PMAP__STASH_SLOTS);
+    assert_int_equal(s.bytes, stash_sum(&s));
+    stash_buf(&b, (size_t)1 << 20);
+    block = b.data;
+    pmap__stash_put(&s, &b);
+    assert_int_equal(s.n, PMAP__STASH_SLOTS);
+    assert_int_equal(s.bytes, stash_sum(&s));
+    for (i = 0; i < s.n && s.block[i] != block; i++)
+        ;
+    assert_true(i < s.n);
+
+    /* Full by bytes: never more than PMAP__STASH_BYTES, and a block larger
+     * than that is not kept at all. Malloc'd, never touched: no RSS. */
+    pmap__stash_free(&s);
+    stash_buf(&b, PMAP__STASH_BYTES / 2);
+    pmap__stash_put(&s, &b);
+    stash_buf(&b, PMAP__STASH_BYTES / 4);
+    pmap__stash_put(&s, &b);
+    assert_int_equal(s.n, 2);
+    stash_buf(&b, PMAP__STASH_BYTES / 2);
+    pmap__stash_put(&s, &b); /* 1/2 + 1/4 + 1/2: the quarter goes */
+    assert_int_equal(s.n, 2);
+    assert_int_equal(s.bytes, PMAP__STASH_BYTES);
+    stash_buf(&b, PMAP__STASH_BYTES * 2);
+    pmap__stash_put(&s, &b);
+    assert_int_equal(s.n, 2);
+    assert_int_equal(s.bytes, PMAP__STASH_BYTES);
+
+    /* A failed buffer's block is a block like any other. */
+    stash_buf(&b, PMAP__STASH_MIN);
+    /* Past max: failed without an allocation (a huge malloc would abort
+     * under ASan instead of returning NULL). */
+    b.max = PMAP__STASH_MIN * 2;
+    assert_null(pmap_buf_reserve(&b, PMAP__STASH_MIN * 4));
+    assert_int_equal(b.cap, 0);
+    pmap__stash_put(&s, &b);
+    assert_ptr_equal(b.data, b.small);
+    assert_int_equal(pmap__buf_failed(&b), 0);
+    pmap__stash_free(&s);
+    /* NULL stash: put frees, reserve allocates. */
+    stash_buf(&b, PMAP__STASH_MIN);
+    pmap__stash_put(NULL, &b);
+    assert_ptr_equal(b.data, b.small);
+    assert_int_equal(pmap__stash_reserve(NULL, &b, PMAP__STASH_MIN), 0);
+    pmap__buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -384,6 +516,7 @@ int main(void)
         cmocka_unit_test(test_cpu_count),
         cmocka_unit_test(test_cpu_count_affinity),
         cmocka_unit_test(test_buf_limits),
+        cmocka_unit_test(test_stash),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -936,6 +936,108 @@ static void test_big_records(void **state)
     tu_snap_check(&snap);
 }
 
+/* Tiny records among large ones (16 KiB to 2 MiB) whose parameters come
+ * back as results of other sizes, so that the caller's blocks for large
+ * records move between parameters and results of different records. Each
+ * record's bytes depend on its index: a block handed to two records at
+ * once, or a stale block read as a record, shows as a wrong item. */
+static const size_t mixed_big[] = {(size_t)16 << 10, ((size_t)16 << 10) + 5, (size_t)100 << 10,
+                                   ((size_t)1 << 20) + 3, (size_t)2 << 20, ((size_t)40 << 10) + 1,
+                                   (size_t)300 << 10};
+
+static size_t mixed_len(uint64_t i, int result)
+{
+    /* A third of parameters and a different third of results are large. */
+    if (i % 3 != (result ? 1u : 0u))
+        return 8;
+    return mixed_big[(i / 3 + (result ? 2u : 0u)) % (sizeof mixed_big / sizeof mixed_big[0])];
+}
+
+static int mixed_gen(void *ctx, pmap_buf *param)
+{
+    struct big_gen *g = ctx;
+    uint64_t i;
+    size_t len;
+    unsigned char *p;
+
+    if (g->next >= g->n)
+        return 0;
+    i = g->next++;
+    len = mixed_len(i, 0);
+    p = pmap_buf_reserve(param, len);
+    if (p == NULL)
+        return -1;
+    memcpy(p, &i, 8);
+    fill_pattern(p + 8, len - 8, i * 13u + 7u);
+    return 1;
+}
+
+static int mixed_task(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    const unsigned char *p = param;
+    uint64_t i;
+    size_t rlen;
+    unsigned char *q;
+
+    (void)ctx;
+    if (len < 8)
+        return 1;
+    memcpy(&i, p, 8);
+    if (len != mixed_len(i, 0) || !check_pattern(p + 8, len - 8, i * 13u + 7u))
+        return 2;
+    rlen = mixed_len(i, 1);
+    q = pmap_buf_reserve(out, rlen);
+    if (q == NULL)
+        return 3;
+    fill_pattern(q, rlen, i * 17u + 3u);
+    return 0;
+}
+
+static void test_mixed_sizes(void **state)
+{
+    struct tu_snap snap;
+    const uint64_t n = quick ? 150 : 600;
+    unsigned char *seen = malloc(n);
+    pmap_pool *pool;
+    int run;
+
+    (void)state;
+    assert_non_null(seen);
+    tu_snap_take(&snap);
+    /* The automatic window, then one so small that every slot keeps its
+     * blocks (they fit its keep bound), in both orders. */
+    for (run = 0; run < 4; run++) {
+        struct big_gen g = {0, n, 0};
+        pmap_iter *it;
+        pmap_item item;
+        uint64_t got = 0;
+        int rc, ordered = run % 2 == 0;
+
+        pool = make_pool(mixed_task, NULL, 2, 0, run < 2 ? 0 : 6);
+        memset(seen, 0, n);
+        it = ordered ? pmap_imap(pool, mixed_gen, &g) : pmap_imap_unordered(pool, mixed_gen, &g);
+        assert_non_null(it);
+        while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+            if (ordered)
+                assert_int_equal(item.index, got);
+            assert_true(item.index < n);
+            assert_false(seen[item.index]);
+            seen[item.index] = 1;
+            assert_int_equal(item.status, PMAP_OK);
+            assert_int_equal(item.len, mixed_len(item.index, 1));
+            if (!check_pattern(item.data, item.len, item.index * 17u + 3u))
+                fail_msg("run %d: result %llu is corrupt", run, (unsigned long long)item.index);
+            got++;
+        }
+        assert_int_equal(rc, PMAP_DONE);
+        assert_int_equal(got, n);
+        assert_int_equal(pmap_iter_free(it), PMAP_OK);
+        assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    }
+    free(seen);
+    tu_snap_check(&snap);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Laziness: the window and the parent's memory                            */
 /* ------------------------------------------------------------------------ */
@@ -2113,6 +2215,7 @@ int main(void)
         cmocka_unit_test(test_record_sizes),
         cmocka_unit_test(test_uniform_runs),
         cmocka_unit_test(test_big_records),
+        cmocka_unit_test(test_mixed_sizes),
         cmocka_unit_test(test_window_64),
         cmocka_unit_test(test_early_free_ordered),
         cmocka_unit_test(test_early_free_unordered),
