@@ -282,6 +282,17 @@ typedef struct pmap_options {
     /** Replace a worker once its resident memory exceeds this many bytes,
      *  checked after each record (Linux; ignored elsewhere). 0: no limit. */
     size_t max_worker_rss;
+    /** Since 1.1. A record whose worker crashed (PMAP_ECRASH) or was killed
+     *  for its time limit (PMAP_ETIMEOUT) runs again, on another worker
+     *  (the one it killed is replaced), up to this many times; only its
+     *  last outcome is reported, so with 1 a record that fails once and
+     *  then succeeds arrives as PMAP_OK. Retries count per record: a record
+     *  sent again only because it shared a batch with another record's
+     *  crash or timeout keeps all of its own. PMAP_ETASK (the task's own
+     *  answer), PMAP_EPROTO and the buffer statuses are outcomes and never
+     *  retried. Each retry of a crash or timeout costs the fork of a
+     *  replacement worker. 0 (the default): no retries. */
+    unsigned max_retries;
 } pmap_options;
 
 /**
@@ -368,6 +379,47 @@ PMAP_API pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx);
  */
 PMAP_API pmap_iter *pmap_imap_unordered(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx);
 
+/**
+ * As pmap_imap(), over an array instead of a generator: record i is the
+ * `size` bytes at `(const char *)base + i * size`, for i in [0, count).
+ * item.index is i. The array is read by pmap_next() while the map runs
+ * (one record at a time, as a generator would), so it must stay valid and
+ * unchanged until the last item is returned or the iterator is freed.
+ * `size` may be 0 (empty records); `base` may be NULL when count or size
+ * is 0.
+ *
+ * Returns the iterator, or NULL with errno set: as pmap_imap(), and EINVAL
+ * (NULL base with records to read), E2BIG (`size` exceeds the pool's
+ * max_record_bytes). Since 1.1.
+ */
+PMAP_API pmap_iter *pmap_imap_array(pmap_pool *pool, const void *base, size_t count, size_t size);
+
+/** pmap_imap_array() with results in no particular order. Since 1.1. */
+PMAP_API pmap_iter *pmap_imap_array_unordered(pmap_pool *pool, const void *base, size_t count,
+                                              size_t size);
+
+/**
+ * Map an array and collect every result, as Python's pool.map: record i is
+ * as in pmap_imap_array(); its result, which must be exactly `result_size`
+ * bytes, is copied to `(char *)results + i * result_size`, and its status
+ * to `status[i]` (`status` may be NULL). Results are copied once, from the
+ * iterator straight into `results`, as they come back in any order.
+ *
+ * An item that failed (PMAP_ETASK, PMAP_ECRASH, PMAP_ETIMEOUT, PMAP_EPROTO)
+ * or whose result is not `result_size` bytes (status PMAP_ETOOBIG) has its
+ * slot of `results` zeroed; the other items still run. If the map itself
+ * fails (e.g. PMAP_EWORKER), the items not returned get that status.
+ *
+ * Returns PMAP_OK when every item succeeded; otherwise the status of the
+ * failed item with the lowest index, or the map's own error; or, with
+ * nothing run: PMAP_EINVAL (NULL pool, NULL base or results with records,
+ * count * result_size overflows), PMAP_ETOOBIG (`size` exceeds
+ * max_record_bytes), PMAP_EBUSY (an iterator is open on the pool),
+ * PMAP_ENOMEM. Since 1.1.
+ */
+PMAP_API int pmap_map_array(pmap_pool *pool, const void *base, size_t count, size_t size,
+                            void *results, size_t result_size, int *status);
+
 /** One result of a map, filled by pmap_next(). */
 typedef struct pmap_item {
     /** 0-based position of the record in the generator's sequence. */
@@ -412,10 +464,11 @@ typedef struct pmap_item {
  * were still waiting to be sent with the rest of the batch. A record of the
  * second kind runs once more, and then its result is sent as soon as it is
  * ready, so no later crash can make it run a third time: a task never runs
- * to the end more than twice on one record. That is the only case in which
- * a record runs more than once; with chunk = 1 (batches of one record) it
- * never does. The crashed record itself is not run again. Caller process
- * only.
+ * to the end more than twice on one record. Apart from retries, that is
+ * the only case in which a record runs more than once; with chunk = 1
+ * (batches of one record) it never does. The crashed record itself is not
+ * run again, unless pmap_options.max_retries allows it: each retry is one
+ * more run, on top of the bound above. Caller process only.
  */
 PMAP_API int pmap_next(pmap_iter *it, pmap_item *item);
 

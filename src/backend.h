@@ -41,6 +41,7 @@ struct pmap__rec {
      * that no crash of a later batch-mate can lose it a second time. */
     uint16_t lost;
     uint32_t next;  /* the iterator's intrusive queue link */
+    uint32_t retries; /* the iterator's: re-runs after this record's own crash or timeout */
 };
 
 /* How a backend reports to the iterator. Called only from within pump()

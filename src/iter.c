@@ -20,6 +20,7 @@
 #include "iter.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -90,6 +91,7 @@ struct pmap_iter {
     unsigned chunk;  /* explicit chunk, 0: adaptive */
     int window_auto; /* the window was chosen by the library */
     size_t max_record;
+    uint32_t max_retries; /* per record, after its own crash or timeout */
     struct pmap__owner owner;
     pmap_gen_fn gen;
     void *gen_ctx;
@@ -130,6 +132,9 @@ struct pmap_iter {
     int ev_epfd;      /* pmap_iter_fd's epoll set, -1 until asked for */
     int ev_efd;       /* in it, an eventfd that holds a count exactly while !quiet */
     int ev_nofd;      /* the backend has no descriptor: pmap_iter_timeout polls */
+    /* pmap_imap_array: the caller's array, read by array_gen. */
+    const unsigned char *arr_base;
+    size_t arr_size, arr_count, arr_next;
 };
 
 static uint32_t slot_of(const struct pmap_iter *it, const struct pmap__rec *r)
@@ -185,15 +190,35 @@ static PMAP__RARE PMAP__NOINLINE void shelve(struct pmap_iter *it, struct pmap_b
  * tiny results costs no call per record; the byte count of live records
  * and the trim bound are passed in and out so that a run of records keeps
  * them in registers (stores to a record would otherwise reload them). */
+/* The record's worker crashed or timed out on it: 1 when it goes back to
+ * the retry queue instead of being finished (its parameter kept, its
+ * outcome forgotten). Out of line: finish() is the per-record path. */
+static PMAP__RARE int retry_own(struct pmap_iter *it, struct pmap__rec *r)
+{
+    if ((r->status != PMAP_ECRASH && r->status != PMAP_ETIMEOUT) ||
+        r->retries >= it->max_retries)
+        return 0;
+    r->retries++;
+    r->status = PMAP_OK;
+    r->code = 0;
+    r->result.len = 0;
+    r->state = R_QUEUED;
+    q_push(it, &it->retry, r);
+    return 1;
+}
+
 static inline uint64_t finish(struct pmap_iter *it, struct pmap__rec *r, uint64_t live, size_t keep,
                               int ordered)
 {
     if (r->state != R_FLIGHT)
         return live;
-    r->state = R_DONE;
     /* A task error keeps its payload: the task's message. */
-    if (r->status != PMAP_OK && r->status != PMAP_ETASK)
+    if (r->status != PMAP_OK && r->status != PMAP_ETASK) {
+        if (it->max_retries != 0 && retry_own(it, r))
+            return live;
         r->result.len = 0;
+    }
+    r->state = R_DONE;
     /* A finished record never runs again: its parameter is of no use any
      * more. Letting go of it now (rather than in release) also keeps
      * delivery to the record's first cache line. */
@@ -369,6 +394,7 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     r->code = 0;
     r->tries = 0;
     r->lost = 0;
+    r->retries = 0;
     r->result.len = 0;
     if (r->param.len > it->big)
         grew_big(it, r->param.len);
@@ -453,6 +479,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         r->code = 0;
         r->tries = 0;
         r->lost = 0;
+        r->retries = 0;
         live += r->param.len;
         out[n++] = r;
     }
@@ -770,6 +797,7 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->be = pool->be;
     it->chunk = pool->opt.chunk;
     it->max_record = pool->max_record;
+    it->max_retries = pool->opt.max_retries;
     pmap__owner_init(&it->owner);
     it->gen = gen;
     it->gen_ctx = gen_ctx;
@@ -795,6 +823,117 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     pool->iter = it;
     it->ops->begin(it->be);
     return it;
+}
+
+/* The generator of pmap_imap_array: the iterator is its own gen_ctx, so
+ * the array map needs nothing beside the iterator to free. */
+static int array_gen(void *gen_ctx, pmap_buf *param)
+{
+    struct pmap_iter *it = gen_ctx;
+    const unsigned char *p;
+
+    if (it->arr_next == it->arr_count)
+        return 0;
+    p = it->arr_base + it->arr_next * it->arr_size;
+    it->arr_next++;
+    /* The size was checked against max_record_bytes when the map began,
+     * so this fails only with PMAP_ENOMEM, which ends the map with it. */
+    (void)pmap_buf_set(param, it->arr_size ? p : NULL, it->arr_size);
+    return 1;
+}
+
+static pmap_iter *array_new(pmap_pool *pool, const void *base, size_t count, size_t size,
+                            int ordered)
+{
+    struct pmap_iter *it;
+
+    if (base == NULL && count > 0 && size > 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (pool != NULL && size > pool->max_record) {
+        errno = E2BIG;
+        return NULL;
+    }
+    /* A placeholder context: array_gen's is the iterator itself. */
+    it = iter_new(pool, array_gen, NULL, ordered);
+    if (it == NULL)
+        return NULL;
+    it->gen_ctx = it;
+    it->arr_base = base;
+    it->arr_size = size;
+    it->arr_count = count;
+    it->arr_next = 0;
+    return it;
+}
+
+pmap_iter *pmap_imap_array(pmap_pool *pool, const void *base, size_t count, size_t size)
+{
+    return array_new(pool, base, count, size, 1);
+}
+
+pmap_iter *pmap_imap_array_unordered(pmap_pool *pool, const void *base, size_t count,
+                                     size_t size)
+{
+    return array_new(pool, base, count, size, 0);
+}
+
+int pmap_map_array(pmap_pool *pool, const void *base, size_t count, size_t size, void *results,
+                   size_t result_size, int *status)
+{
+    unsigned char *out = results;
+    pmap_iter *it;
+    pmap_item item;
+    uint64_t first_bad = UINT64_MAX;
+    int rc, ret = PMAP_OK, st;
+    size_t i;
+
+    if (results == NULL && count > 0 && result_size > 0)
+        return PMAP_EINVAL;
+    if (result_size > 0 && count > SIZE_MAX / result_size)
+        return PMAP_EINVAL;
+    it = pmap_imap_array_unordered(pool, base, count, size);
+    if (it == NULL)
+        return errno == E2BIG ? PMAP_ETOOBIG
+             : errno == EBUSY ? PMAP_EBUSY
+             : errno == ENOMEM ? PMAP_ENOMEM : PMAP_EINVAL;
+    /* A placeholder no item carries, for items that never come back
+     * (the map failed); replaced by the map's error below. */
+    if (status != NULL)
+        for (i = 0; i < count; i++)
+            status[i] = PMAP_DONE;
+    /* Unordered: each result is copied once, straight into its slot. */
+    while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+        unsigned char *slot = out + (size_t)item.index * result_size;
+
+        st = item.status;
+        if (st == PMAP_OK && item.len != result_size)
+            st = PMAP_ETOOBIG;
+        if (st == PMAP_OK) {
+            if (result_size > 0)
+                memcpy(slot, item.data, result_size);
+        } else {
+            if (result_size > 0)
+                memset(slot, 0, result_size);
+            if (item.index < first_bad) {
+                first_bad = item.index;
+                ret = st;
+            }
+        }
+        if (status != NULL)
+            status[item.index] = st;
+    }
+    if (rc != PMAP_DONE) {
+        ret = rc;
+        if (status != NULL)
+            for (i = 0; i < count; i++)
+                if (status[i] == PMAP_DONE)
+                    status[i] = rc;
+    }
+    st = pmap_iter_free(it);
+    if (ret == PMAP_OK && st != PMAP_OK)
+        ret = st;
+    return ret;
 }
 
 pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx)
