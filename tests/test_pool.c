@@ -996,7 +996,7 @@ static int mixed_task(void *ctx, const void *param, size_t len, pmap_buf *out)
 static void test_mixed_sizes(void **state)
 {
     struct tu_snap snap;
-    const uint64_t n = quick ? 150 : 600;
+    const uint64_t n = quick ? 150 : 250;
     unsigned char *seen = malloc(n);
     pmap_pool *pool;
     int run;

@@ -31,7 +31,7 @@
 #include <cmocka.h>
 
 /* Task timeout of the timeout tests; see test_timeout_retried. */
-#define RETRY_LIMIT_MS 1000u
+#define RETRY_LIMIT_MS 400u
 
 #define MAXREC 256
 

@@ -5,7 +5,7 @@
  * children and flat memory. The PRNG seed is fixed (PMAP_SOAK_SEED
  * overrides it) so that a failure can be replayed.
  *
- * By default a few seconds (100-200 cycles), so that the suite stays
+ * By default a few seconds (50-200 cycles), so that the suite stays
  * quick; PMAP_SOAK_FULL=1 runs 300-1000 cycles within about a minute
  * (.ci/run does, under ASan); PMAP_TEST_QUICK=1 runs 20-60.
  */
@@ -171,7 +171,7 @@ static void test_soak(void **state)
                                   : 200,
              min_cycles = full    ? 300
                           : quick ? 20
-                                  : 100;
+                                  : 50;
     uint64_t budget_ns = (full ? 50ull : quick ? 40ull : 3ull) * 1000000000ull;
     uint64_t cap = quick ? 120 : 400;
 
