@@ -28,11 +28,26 @@ extern "C" {
  * its pool, then returns NULL with errno 0 (NULL with errno set if serving
  * failed).
  *
+ * Each serving rank runs opt->workers local worker processes (0: its
+ * pmap_cpu_count()), forked from it as pmap_pool_create() forks them, so
+ * a crashing task costs one worker and one item, never a rank; timeouts,
+ * retries, recycling and worker_init act on those workers. With several
+ * ranks the root runs no worker of its own: the pool's workers are those
+ * of all serving ranks, and pmap_worker_id() numbers them 0 .. total-1,
+ * rank after rank. A rank with more workers gets more of the work.
+ * Batches, not single records, cross the network. Each rank passes its own
+ * ctx; a task sees the memory of the rank that forked its worker.
+ *
  * With a communicator of one rank the root runs opt->workers local
  * workers itself, exactly as pmap_pool_create().
  *
- * Status of this release: communicators of more than one rank are not
- * served yet; every rank then returns NULL with errno ENOSYS.
+ * Every rank returns only once all of them have agreed: if any rank cannot
+ * start its workers, every rank returns NULL with the same errno (e.g.
+ * ECHILD when worker_init fails). The library communicates on a duplicate
+ * of comm (MPI_Comm_dup), so the program's own messages never mix with
+ * its traffic. MPI offers no descriptor to wait on: on such a pool
+ * pmap_iter_fd() still works, but pmap_iter_timeout() asks to be called
+ * again after a few milliseconds while a map runs.
  */
 PMAP_API pmap_pool *pmap_mpi_pool_create(MPI_Comm comm, int root, pmap_task_fn fn, void *ctx,
                                          const pmap_options *opt);
