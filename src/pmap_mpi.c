@@ -636,7 +636,7 @@ static int root_poll(struct root *R, const struct pmap__sink *sink)
  * over TCP moves on only while this side calls MPI. */
 #define NAP_MIN 20u
 #define NAP_MAX 1000u
-#define NAP_MAX_SENDING 100u
+#define NAP_MAX_SENDING 20u
 
 static int root_pump(void *be, int timeout_ms, const struct pmap__sink *sink)
 {
@@ -1001,16 +1001,23 @@ static int server_inflight(const struct server *S)
 }
 
 /* Longest wait in the local backend between probes for the root's
- * messages: while records run, a new batch waits at most this for the
- * rank to notice it (the places' queues hide it); idle, longer. */
+ * messages: while records run, or shortly after, a new batch waits at
+ * most SERVE_WAIT_BUSY_MS for the rank to notice it (the batches queued on
+ * each place hide it); after SERVE_IDLE_AFTER_US of nothing at all, up to
+ * SERVE_WAIT_IDLE_MS, so that a rank between maps costs next to nothing.
+ * While a send is in flight the rank comes back every SERVE_SENDING_US
+ * instead: over TCP a large message moves on only while its sender calls
+ * MPI. */
 #define SERVE_WAIT_BUSY_MS 1
 #define SERVE_WAIT_IDLE_MS 16
+#define SERVE_IDLE_AFTER_US 200000u
+#define SERVE_SENDING_US 20u
 
 /* Serve until the root's T_STOP. 0, or a status if MPI itself failed. */
 static int server_loop(struct server *S)
 {
     struct pmap__sink sink;
-    int idle_ms = SERVE_WAIT_BUSY_MS;
+    uint64_t last_busy = now_us();
 
     memset(&sink, 0, sizeof sink);
     sink.it = S;
@@ -1064,17 +1071,14 @@ static int server_loop(struct server *S)
         }
         /* Wait in the local backend (its descriptors) for results, but
          * come back soon enough to see the root's next messages. */
-        if (got) {
+        if (got || server_inflight(S))
+            last_busy = now_us();
+        if (got || S->sends.n > 0)
             wait = 0;
-            idle_ms = SERVE_WAIT_BUSY_MS;
-        } else if (server_inflight(S)) {
+        else if (now_us() - last_busy < SERVE_IDLE_AFTER_US)
             wait = SERVE_WAIT_BUSY_MS;
-            idle_ms = SERVE_WAIT_BUSY_MS;
-        } else {
-            wait = idle_ms;
-            if (idle_ms < SERVE_WAIT_IDLE_MS)
-                idle_ms *= 2;
-        }
+        else
+            wait = SERVE_WAIT_IDLE_MS;
         if (S->failed == 0) {
             rc = S->ops->pump(S->be, wait, &sink);
             if (rc != 0)
@@ -1082,6 +1086,8 @@ static int server_loop(struct server *S)
         } else if (wait > 0) {
             nap((unsigned)wait * 1000u);
         }
+        if (!got && wait == 0 && S->sends.n > 0)
+            nap(SERVE_SENDING_US);
         if (S->failed != 0 && S->failed != 1) {
             server_fail(S, S->failed);
             /* Reported once; the root cancels, which clears it. */
