@@ -179,6 +179,69 @@ static int serve_all(void)
 
 static struct tu_snap root_snap;
 
+/* What a test has open, so that a failed assertion still lets the
+ * serving ranks go (they serve until the root destroys its pool). */
+static pmap_iter *open_iters[4];
+static pmap_pool *open_pools[4];
+
+static void *track(void **set, void *p)
+{
+    int i;
+
+    for (i = 0; i < 4 && p != NULL; i++)
+        if (set[i] == NULL) {
+            set[i] = p;
+            break;
+        }
+    return p;
+}
+
+static void untrack(void **set, void *p)
+{
+    int i;
+
+    for (i = 0; i < 4; i++)
+        if (set[i] == p)
+            set[i] = NULL;
+}
+
+static pmap_iter *imap(pmap_pool *pool, pmap_gen_fn g, void *ctx, int ordered)
+{
+    pmap_iter *it = ordered ? pmap_imap(pool, g, ctx) : pmap_imap_unordered(pool, g, ctx);
+
+    return track((void **)open_iters, it);
+}
+
+static int iter_free(pmap_iter *it)
+{
+    untrack((void **)open_iters, it);
+    return pmap_iter_free(it);
+}
+
+static int pool_destroy(pmap_pool *pool)
+{
+    untrack((void **)open_pools, pool);
+    return pmap_pool_destroy(pool);
+}
+
+static int teardown(void **state)
+{
+    int i;
+
+    (void)state;
+    for (i = 0; i < 4; i++) {
+        if (open_iters[i] != NULL)
+            (void)pmap_iter_free(open_iters[i]);
+        open_iters[i] = NULL;
+    }
+    for (i = 0; i < 4; i++) {
+        if (open_pools[i] != NULL)
+            (void)pmap_pool_destroy(open_pools[i]);
+        open_pools[i] = NULL;
+    }
+    return 0;
+}
+
 static pmap_pool *make_pool(struct spec *s)
 {
     pmap_options opt;
@@ -189,7 +252,7 @@ static pmap_pool *make_pool(struct spec *s)
     spec_options(s, ROOT, &opt);
     tu_snap_take(&root_snap);
     pool = pmap_mpi_pool_create(MPI_COMM_WORLD, ROOT, task, NULL, &opt);
-    return pool;
+    return track((void **)open_pools, pool);
 }
 
 static pmap_pool *make_default(void)
@@ -205,7 +268,7 @@ static pmap_pool *make_default(void)
 
 static void end_pool(pmap_pool *pool)
 {
-    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    assert_int_equal(pool_destroy(pool), PMAP_OK);
     tu_snap_check(&root_snap);
 }
 
@@ -266,12 +329,12 @@ static void test_ordered_like_local(void **state)
     pool = make_default();
     pmap_options_init(&opt);
     opt.workers = 2;
-    local = pmap_pool_create(task, NULL, &opt);
+    local = track((void **)open_pools, pmap_pool_create(task, NULL, &opt));
     assert_non_null(local);
     gen_init(&ga, NULL, n);
     gen_init(&gb, NULL, n);
-    a = pmap_imap(local, gen, &ga);
-    b = pmap_imap(pool, gen, &gb);
+    a = imap(local, gen, &ga, 1);
+    b = imap(pool, gen, &gb, 1);
     assert_non_null(a);
     assert_non_null(b);
     for (;;) {
@@ -290,9 +353,9 @@ static void test_ordered_like_local(void **state)
     }
     assert_int_equal(rca, PMAP_DONE);
     assert_int_equal(count, n);
-    assert_int_equal(pmap_iter_free(a), 0);
-    assert_int_equal(pmap_iter_free(b), 0);
-    assert_int_equal(pmap_pool_destroy(local), PMAP_OK);
+    assert_int_equal(iter_free(a), 0);
+    assert_int_equal(iter_free(b), 0);
+    assert_int_equal(pool_destroy(local), PMAP_OK);
     end_pool(pool);
 }
 
@@ -312,7 +375,7 @@ static void test_unordered_multiset(void **state)
     assert_non_null(seen);
     pool = make_default();
     gen_init(&g, NULL, n);
-    it = pmap_imap_unordered(pool, gen, &g);
+    it = imap(pool, gen, &g, 0);
     assert_non_null(it);
     while ((rc = pmap_next(it, &item)) == PMAP_OK) {
         uint64_t v, want;
@@ -329,7 +392,7 @@ static void test_unordered_multiset(void **state)
     }
     assert_int_equal(rc, PMAP_DONE);
     assert_int_equal(count, n);
-    assert_int_equal(pmap_iter_free(it), 0);
+    assert_int_equal(iter_free(it), 0);
     end_pool(pool);
     free(seen);
 }
@@ -364,7 +427,7 @@ static void test_failures_exact(void **state)
     for (int round = 0; round < 2; round++) {
         gen_init(&g, list, N);
         count = 0;
-        it = pmap_imap(pool, gen, &g);
+        it = imap(pool, gen, &g, 1);
         assert_non_null(it);
         while ((rc = pmap_next(it, &item)) == PMAP_OK) {
             assert_int_equal(item.index, count);
@@ -400,7 +463,7 @@ static void test_failures_exact(void **state)
         }
         assert_int_equal(rc, PMAP_DONE);
         assert_int_equal(count, N);
-        assert_int_equal(pmap_iter_free(it), 0);
+        assert_int_equal(iter_free(it), 0);
     }
     end_pool(pool);
 }
@@ -428,7 +491,7 @@ static void test_timeout(void **state)
     pool = make_pool(&s);
     assert_non_null(pool);
     gen_init(&g, list, N);
-    it = pmap_imap(pool, gen, &g);
+    it = imap(pool, gen, &g, 1);
     assert_non_null(it);
     while ((rc = pmap_next(it, &item)) == PMAP_OK) {
         assert_int_equal(item.index, n);
@@ -437,7 +500,7 @@ static void test_timeout(void **state)
     }
     assert_int_equal(rc, PMAP_DONE);
     assert_int_equal(n, N);
-    assert_int_equal(pmap_iter_free(it), 0);
+    assert_int_equal(iter_free(it), 0);
     end_pool(pool);
 }
 
@@ -455,7 +518,7 @@ static void test_generator_error(void **state)
     pool = make_default();
     gen_init(&g, NULL, 1000);
     g.fail_at = 500;
-    it = pmap_imap(pool, gen, &g);
+    it = imap(pool, gen, &g, 1);
     assert_non_null(it);
     while ((rc = pmap_next(it, &item)) == PMAP_OK) {
         assert_int_equal(item.index, g.consumed);
@@ -465,7 +528,7 @@ static void test_generator_error(void **state)
     assert_int_equal(rc, PMAP_EGEN);
     assert_int_equal(g.consumed, 500);
     assert_int_equal(pmap_next(it, &item), PMAP_EGEN);
-    assert_int_equal(pmap_iter_free(it), PMAP_EGEN);
+    assert_int_equal(iter_free(it), PMAP_EGEN);
     end_pool(pool);
 }
 
@@ -486,7 +549,7 @@ static void test_window_64(void **state)
     pool = make_pool(&s);
     assert_non_null(pool);
     gen_init(&g, NULL, 2000);
-    it = pmap_imap(pool, gen, &g);
+    it = imap(pool, gen, &g, 1);
     assert_non_null(it);
     while ((rc = pmap_next(it, &item)) == PMAP_OK) {
         assert_int_equal(item.index, g.consumed);
@@ -498,7 +561,7 @@ static void test_window_64(void **state)
     assert_true(g.max_lead <= 64);
     /* The window was used, not just a bound never reached. */
     assert_true(g.max_lead >= 32);
-    assert_int_equal(pmap_iter_free(it), 0);
+    assert_int_equal(iter_free(it), 0);
     end_pool(pool);
 }
 
@@ -530,18 +593,18 @@ static void test_early_free(void **state)
     }
     pool = make_default();
     gen_init(&g, list, N);
-    it = pmap_imap(pool, gen, &g);
+    it = imap(pool, gen, &g, 1);
     assert_non_null(it);
     assert_int_equal(pmap_next(it, &item), PMAP_OK);
     assert_int_equal(item.index, 0);
     t0 = now_s();
-    assert_int_equal(pmap_iter_free(it), 0);
+    assert_int_equal(iter_free(it), 0);
     /* A minute of tasks; stopping workers takes well under that even on
      * a loaded machine. */
     assert_true(now_s() - t0 < 20.0);
 
     gen_init(&g, NULL, 3000);
-    it = pmap_imap(pool, gen, &g);
+    it = imap(pool, gen, &g, 1);
     assert_non_null(it);
     while ((rc = pmap_next(it, &item)) == PMAP_OK) {
         assert_int_equal(item.index, (uint64_t)n);
@@ -550,7 +613,7 @@ static void test_early_free(void **state)
     }
     assert_int_equal(rc, PMAP_DONE);
     assert_int_equal(n, 3000);
-    assert_int_equal(pmap_iter_free(it), 0);
+    assert_int_equal(iter_free(it), 0);
     end_pool(pool);
 }
 
@@ -593,7 +656,7 @@ static void test_big_records(void **state)
 
     (void)state;
     pool = make_default();
-    it = pmap_imap(pool, gen_big, &g);
+    it = imap(pool, gen_big, &g, 1);
     assert_non_null(it);
     while ((rc = pmap_next(it, &item)) == PMAP_OK) {
         const unsigned char *p = item.data;
@@ -609,7 +672,7 @@ static void test_big_records(void **state)
     }
     assert_int_equal(rc, PMAP_DONE);
     assert_int_equal(n, 4);
-    assert_int_equal(pmap_iter_free(it), 0);
+    assert_int_equal(iter_free(it), 0);
     end_pool(pool);
 }
 
@@ -634,6 +697,11 @@ static void test_worker_ids(void **state)
         s.workers[i] = i % 2 ? 1 : 3;
         total += s.workers[i];
     }
+    if (nranks == 1) {
+        /* Run alone (e.g. without mpirun): the root's own local workers. */
+        s.workers[0] = 3;
+        total = 3;
+    }
     assert_true(total <= 8);
     for (i = 0; i < N; i++) {
         list[i].op = OP_WHO;
@@ -642,7 +710,7 @@ static void test_worker_ids(void **state)
     pool = make_pool(&s);
     assert_non_null(pool);
     gen_init(&g, list, N);
-    it = pmap_imap(pool, gen, &g);
+    it = imap(pool, gen, &g, 1);
     assert_non_null(it);
     while ((rc = pmap_next(it, &item)) == PMAP_OK) {
         int32_t who[2];
@@ -661,7 +729,7 @@ static void test_worker_ids(void **state)
     }
     assert_int_equal(rc, PMAP_DONE);
     assert_int_equal(seen, total);
-    assert_int_equal(pmap_iter_free(it), 0);
+    assert_int_equal(iter_free(it), 0);
     assert_int_equal(pmap_worker_id(), -1);
     end_pool(pool);
 }
@@ -685,16 +753,16 @@ static void test_init_fails_everywhere(void **state)
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ordered_like_local),
-        cmocka_unit_test(test_unordered_multiset),
-        cmocka_unit_test(test_failures_exact),
-        cmocka_unit_test(test_timeout),
-        cmocka_unit_test(test_generator_error),
-        cmocka_unit_test(test_window_64),
-        cmocka_unit_test(test_early_free),
-        cmocka_unit_test(test_big_records),
-        cmocka_unit_test(test_worker_ids),
-        cmocka_unit_test(test_init_fails_everywhere),
+        cmocka_unit_test_teardown(test_ordered_like_local, teardown),
+        cmocka_unit_test_teardown(test_unordered_multiset, teardown),
+        cmocka_unit_test_teardown(test_failures_exact, teardown),
+        cmocka_unit_test_teardown(test_timeout, teardown),
+        cmocka_unit_test_teardown(test_generator_error, teardown),
+        cmocka_unit_test_teardown(test_window_64, teardown),
+        cmocka_unit_test_teardown(test_early_free, teardown),
+        cmocka_unit_test_teardown(test_big_records, teardown),
+        cmocka_unit_test_teardown(test_worker_ids, teardown),
+        cmocka_unit_test_teardown(test_init_fails_everywhere, teardown),
     };
     int rc, bad = 0, total = 0;
 
