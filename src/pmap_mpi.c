@@ -694,9 +694,19 @@ static void root_begin(void *be)
             (void)send_ctl(R->comm, r, T_BEGIN, NULL, 0);
 }
 
+/* No fd (MPI has none to wait on), no timeout, and no set_task: the
+ * ranks' workers cannot run a function pointer of the root's process. */
 static const struct pmap__backend_ops root_ops = {
-    root_create, root_destroy, root_release, root_nworkers, root_room, root_inflight,
-    root_submit, root_pump,    root_cancel,  root_begin,    NULL,      NULL,
+    .create = root_create,
+    .destroy = root_destroy,
+    .release = root_release,
+    .nworkers = root_nworkers,
+    .room = root_room,
+    .inflight = root_inflight,
+    .submit = root_submit,
+    .pump = root_pump,
+    .cancel = root_cancel,
+    .begin = root_begin,
 };
 
 /* ------------------------------------------------------------------------ */
