@@ -237,6 +237,29 @@ int pmap__pipe(int fds[2])
     return 0;
 }
 
+int pmap__open(const char *path, int flags, unsigned mode, int *out)
+{
+    int fd, rc = 0;
+
+    pmap__fdreg_lock();
+    do
+        fd = open(path, flags | O_CLOEXEC, (mode_t)mode);
+    while (fd < 0 && errno == EINTR);
+    if (fd >= 0)
+        fd = lift_fd(fd);
+    if (fd < 0) {
+        rc = PMAP_ESYS;
+    } else if (reg_add_locked(fd) != 0) {
+        close(fd);
+        errno = ENOMEM;
+        rc = PMAP_ENOMEM;
+    }
+    pmap__fdreg_unlock();
+    if (rc == 0)
+        *out = fd;
+    return rc;
+}
+
 void pmap__close(int *fd)
 {
     int saved = errno;

@@ -16,6 +16,11 @@
 /* A pipe whose ends are close-on-exec, numbered >= 3 and registered as
  * libpmap's own (so every worker closes them). 0 or PMAP_ESYS/ENOMEM. */
 int pmap__pipe(int fds[2]);
+/* open(path, flags | O_CLOEXEC, mode) as libpmap's own descriptor:
+ * numbered >= 3 and registered under the registry lock, so no worker
+ * forked meanwhile by another thread inherits it unregistered. 0 and *fd,
+ * or PMAP_ESYS (errno from open) / PMAP_ENOMEM. */
+int pmap__open(const char *path, int flags, unsigned mode, int *fd);
 /* Unregister and close *fd (if >= 0), then set it to -1. errno preserved. */
 void pmap__close(int *fd);
 /* An epoll instance (close-on-exec) and a non-blocking, close-on-exec
