@@ -586,11 +586,10 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         if (it->jr != NULL) {
             hit = replay(it, r, idx, st);
             if (hit < 0) {
-                /* Not the generator's error: the map ends as after one,
-                 * with the journal's status (replay_failed). */
+                /* The map ends with the journal's error, not the generator's. */
                 replay_failed(it, r, hit);
                 it->gen_state = G_FAILED;
-                rc = 1;
+                rc = -1;
                 break;
             }
         }
@@ -617,7 +616,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
     it->live_bytes = live;
     it->gen_slot = slot;
     it->fresh = fresh;
-    if (rc <= 0)
+    if (rc <= 0 && it->gen_state == G_RUNNING)
         gen_end(it, rc);
     return n;
 }
