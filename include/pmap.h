@@ -43,12 +43,17 @@
  * worker is replaced (after a crash, a timeout, recycling, or an early
  * pmap_iter_free()). Data a task needs must therefore exist before
  * pmap_pool_create() and never change afterwards, or travel in the parameter
- * record. Results come back only through the task's `out` buffer.
+ * record. Results come back only through the task's `out` buffer. With
+ * pmap_options.start_method = PMAP_START_FORKSERVER, every worker, the
+ * replacements included, is forked by a server that holds the caller's
+ * memory as it was at pmap_pool_create(): one snapshot for all.
  *
  * Threads: a pool may be used from one thread at a time (any thread); pools
  * used from different threads work side by side. Forking a multi-threaded
  * program copies only the forking thread: a task must not rely on locks that
- * other caller threads might hold (the usual fork caveat).
+ * other caller threads might hold (the usual fork caveat). A host that
+ * starts threads after pmap_pool_create() should choose
+ * PMAP_START_FORKSERVER: then no worker is forked from it after that.
  *
  * Processes: "caller process only" below means the process that created the
  * pool (or the iterator). A child the host forks inherits copies of them
@@ -327,7 +332,23 @@ typedef struct pmap_options {
      *  a second after being told to. What it writes to stdio is flushed.
      *  NULL (the default): nothing. */
     void (*worker_exit)(void *ctx);
+    /** How workers are started (since 1.1): PMAP_START_FORK (0, the
+     *  default) forks each worker, first ones and replacements, from the
+     *  caller at that moment; PMAP_START_FORKSERVER makes
+     *  pmap_pool_create() fork one server process that forks every worker
+     *  of the pool, so the caller may start threads and take locks after
+     *  pmap_pool_create() and replacements still start cleanly, every
+     *  worker sees the caller's memory as it was at pmap_pool_create()
+     *  (also for replacements, and for worker_init), and a replacement
+     *  costs the caller no fork of its own. Everything else is the same in
+     *  both modes; the server is a child of the caller for the pool's
+     *  life, reaped by pmap_pool_destroy(), and dies with the caller. Any
+     *  other value is EINVAL at pmap_pool_create(). */
+    int start_method;
 } pmap_options;
+
+/** Values of pmap_options.start_method (since 1.1). */
+enum { PMAP_START_FORK = 0, PMAP_START_FORKSERVER = 1 };
 
 /**
  * Fill `opt` with the defaults (all zero: automatic worker count, adaptive
@@ -347,12 +368,13 @@ PMAP_API void pmap_options_init(pmap_options *opt);
  * is copied.
  *
  * Returns the pool, or NULL with errno set: EINVAL (NULL fn, negative
- * workers), ENOMEM, ECHILD (worker_init failed, or a worker died while
- * starting), or the errno of a failed system call (EAGAIN from fork, EMFILE,
- * ...). On failure no child process or descriptor is left behind.
+ * workers, unknown start_method), ENOMEM, ECHILD (worker_init failed, or a
+ * worker died while starting), or the errno of a failed system call (EAGAIN
+ * from fork, EMFILE, ...). On failure no child process or descriptor is left behind.
  *
  * `ctx` must stay valid for the life of the pool when the task or
- * worker_init reads it: replacement workers fork later and see it then.
+ * worker_init reads it: replacement workers fork later and see it then
+ * (with PMAP_START_FORKSERVER they see it as it was at this call).
  * The caller's buffered stdio is flushed before forking. May be called in
  * any process, a worker included (see "Processes" above).
  */
