@@ -59,8 +59,8 @@ void pmap_options_init(pmap_options *opt)
     pmap_options_init_sized(opt, OPTIONS_V1_SIZE);
 }
 
-pmap_pool *pmap__pool_new(const struct pmap__backend_ops *ops, pmap_task_fn fn, void *ctx,
-                          const pmap_options *opt, size_t opt_size, void *arg)
+pmap_pool *pmap__pool_new_at(const struct pmap__backend_ops *ops, pmap_task_fn fn, void *ctx,
+                             const pmap_options *opt, size_t opt_size, void *arg, int id_base)
 {
     struct pmap__backend_cfg cfg;
     struct pmap_pool *p;
@@ -89,7 +89,7 @@ pmap_pool *pmap__pool_new(const struct pmap__backend_ops *ops, pmap_task_fn fn, 
     cfg.opt = &p->opt;
     cfg.nworkers = p->opt.workers ? p->opt.workers : pmap_cpu_count();
     cfg.max_record = p->max_record;
-    cfg.id_base = 0;
+    cfg.id_base = id_base;
     cfg.arg = arg;
     rc = ops->create(&cfg, &p->be);
     if (rc != 0) {
@@ -100,6 +100,12 @@ pmap_pool *pmap__pool_new(const struct pmap__backend_ops *ops, pmap_task_fn fn, 
     }
     p->nworkers = ops->nworkers(p->be);
     return p;
+}
+
+pmap_pool *pmap__pool_new(const struct pmap__backend_ops *ops, pmap_task_fn fn, void *ctx,
+                          const pmap_options *opt, size_t opt_size, void *arg)
+{
+    return pmap__pool_new_at(ops, fn, ctx, opt, opt_size, arg, 0);
 }
 
 pmap_pool *pmap_pool_create_sized(pmap_task_fn fn, void *ctx, const pmap_options *opt,
