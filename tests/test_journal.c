@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -37,12 +38,12 @@
 #define MAXREC 4096
 
 enum mode {
-    M_PLAIN, /* result_of(i) */
-    M_MIXED, /* as M_PLAIN, but every fifth record is a task error with a message */
-    M_CRASH, /* as M_MIXED, and record `crash_at` kills its worker */
-    M_SLOW,  /* as M_PLAIN, a millisecond per record */
+    M_PLAIN,  /* result_of(i) */
+    M_MIXED,  /* as M_PLAIN, but every fifth record is a task error with a message */
+    M_CRASH,  /* as M_MIXED, and record `crash_at` kills its worker */
+    M_SLOW,   /* as M_PLAIN, a millisecond per record */
     M_SLOW40, /* as M_PLAIN, 40 ms per record */
-    M_BIG    /* as M_PLAIN, but every third result is big_len bytes of a pattern */
+    M_BIG     /* as M_PLAIN, but every third result is big_len bytes of a pattern */
 };
 
 /* Results of M_BIG: larger than the journal's 1 MiB buffers. */
@@ -219,8 +220,8 @@ static int gen(void *ctx, pmap_buf *param)
 
 /* Run a map over [0, n) with journal j (NULL: none) into items[]; the
  * status pmap_next ended with. Items must come in input order if ordered. */
-static int run_map(pmap_pool *pool, pmap_journal *j, uint64_t n, int ordered,
-                   struct item *items, uint64_t alter_from)
+static int run_map(pmap_pool *pool, pmap_journal *j, uint64_t n, int ordered, struct item *items,
+                   uint64_t alter_from)
 {
     struct gen g = {0, n, alter_from};
     pmap_iter *it = ordered ? pmap_imap(pool, gen, &g) : pmap_imap_unordered(pool, gen, &g);
@@ -632,49 +633,59 @@ static void test_other_input(void **state)
 }
 
 /* One process at a time: a second process gets EWOULDBLOCK; the workers
- * of a pool never hold the lock, so after close the same process reopens
- * at once while they run. */
+ * of a pool (and a fork server) never hold the lock, so after close the
+ * same process reopens at once while they run. */
 static void test_locked(void **state)
 {
     static struct item a[MAXREC];
     struct tu_snap snap;
+    pmap_options opt;
     pmap_pool *pool;
     pmap_journal *j, *j2;
     pid_t pid;
-    int wst;
+    int wst, sm;
 
     (void)state;
     fresh_path("locked.pmj");
     tu_snap_take(&snap);
-    j = pmap_journal_open(path);
-    assert_non_null(j);
-    /* Workers forked after the open, and replacements forked while a map
-     * runs over it (a crash), must not keep the descriptor. */
-    pool = make_pool(0);
-    sh->mode = M_CRASH;
-    sh->crash_at = 3;
-    assert_int_equal(run_map(pool, j, 20, 1, a, UINT64_MAX), PMAP_DONE);
-    (void)drain_calls(0, NULL);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        pmap_journal *k = pmap_journal_open(path);
+    for (sm = 0; sm < 2; sm++) {
+        (void)unlink(path);
+        memset(a, 0, sizeof a);
+        j = pmap_journal_open(path);
+        assert_non_null(j);
+        /* Workers forked after the open (by the caller, or by a server forked
+         * after it), and replacements forked while a map runs over it (a
+         * crash), must not keep the descriptor. */
+        pmap_options_init(&opt);
+        opt.workers = 2;
+        opt.start_method = sm ? PMAP_START_FORKSERVER : PMAP_START_FORK;
+        pool = pmap_pool_create(task, sh, &opt);
+        assert_non_null(pool);
+        sh->mode = M_CRASH;
+        sh->crash_at = 3;
+        assert_int_equal(run_map(pool, j, 20, 1, a, UINT64_MAX), PMAP_DONE);
+        (void)drain_calls(0, NULL);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            pmap_journal *k = pmap_journal_open(path);
 
-        _exit(k == NULL && errno == EWOULDBLOCK ? 0 : 1);
+            _exit(k == NULL && errno == EWOULDBLOCK ? 0 : 1);
+        }
+        assert_int_equal(waitpid(pid, &wst, 0), pid);
+        assert_true(WIFEXITED(wst));
+        assert_int_equal(WEXITSTATUS(wst), 0);
+        /* A second open in this process is another holder as well. */
+        j2 = pmap_journal_open(path);
+        assert_null(j2);
+        assert_int_equal(errno, EWOULDBLOCK);
+        assert_int_equal(pmap_journal_close(j), PMAP_OK);
+        j = pmap_journal_open(path);
+        assert_non_null(j);
+        assert_int_equal(pmap_journal_count(j), 19);
+        assert_int_equal(pmap_journal_close(j), PMAP_OK);
+        assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
     }
-    assert_int_equal(waitpid(pid, &wst, 0), pid);
-    assert_true(WIFEXITED(wst));
-    assert_int_equal(WEXITSTATUS(wst), 0);
-    /* A second open in this process is another holder as well. */
-    j2 = pmap_journal_open(path);
-    assert_null(j2);
-    assert_int_equal(errno, EWOULDBLOCK);
-    assert_int_equal(pmap_journal_close(j), PMAP_OK);
-    j = pmap_journal_open(path);
-    assert_non_null(j);
-    assert_int_equal(pmap_journal_count(j), 19);
-    assert_int_equal(pmap_journal_close(j), PMAP_OK);
-    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
     tu_snap_check(&snap);
 }
 
@@ -1151,8 +1162,7 @@ static void test_hand_written(void **state)
             } else if (item.index == 140000 || item.index == 280000) {
                 assert_int_equal(item.status, PMAP_OK);
                 assert_int_equal(item.len, item.index == 140000 ? 6 : 4);
-                assert_memory_equal(item.data, item.index == 140000 ? "middle" : "last",
-                                    item.len);
+                assert_memory_equal(item.data, item.index == 140000 ? "middle" : "last", item.len);
             } else if (item.index % 7 != 0) {
                 assert_int_equal(item.status, PMAP_OK);
                 v = result_of(item.index);
@@ -1168,6 +1178,85 @@ static void test_hand_written(void **state)
         assert_int_equal(atomic_load(&sh->ncalls), ordered ? 280001 - 3 : 0);
     }
     sh->quiet = 0;
+    assert_int_equal(pmap_journal_close(j), PMAP_OK);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    tu_snap_check(&snap);
+}
+
+/* pmap_try_next over a journal, driven by poll on pmap_iter_fd: the same
+ * items as pmap_next, computed the first time and replayed the second;
+ * attaching after the first pmap_try_next is too late. */
+static void test_event_loop(void **state)
+{
+    static struct item a[2][MAXREC];
+    struct tu_snap snap;
+    pmap_pool *pool;
+    pmap_journal *j;
+    uint64_t n = 300;
+    int round;
+
+    (void)state;
+    fresh_path("evloop.pmj");
+    tu_snap_take(&snap);
+    pool = make_pool(0);
+    sh->mode = M_MIXED;
+    j = pmap_journal_open(path);
+    assert_non_null(j);
+    memset(a, 0, sizeof a);
+    for (round = 0; round < 2; round++) {
+        struct gen g = {0, n, UINT64_MAX};
+        pmap_iter *it = pmap_imap(pool, gen, &g);
+        pmap_item item;
+        struct pollfd pfd;
+        uint64_t got = 0;
+        int rc, fd;
+
+        assert_non_null(it);
+        assert_int_equal(pmap_iter_journal(it, j), PMAP_OK);
+        fd = pmap_iter_fd(it);
+        assert_true(fd >= 0);
+        for (;;) {
+            while ((rc = pmap_try_next(it, &item)) == PMAP_OK) {
+                struct item *x = &a[round][item.index];
+
+                assert_int_equal(item.index, got);
+                x->seen = 1;
+                x->status = item.status;
+                x->code = item.code;
+                x->len = item.len;
+                if (item.len)
+                    memcpy(x->data, item.data, item.len);
+                got++;
+            }
+            if (rc != PMAP_EAGAIN)
+                break;
+            pfd.fd = fd;
+            pfd.events = POLLIN;
+            pfd.revents = 0;
+            assert_true(poll(&pfd, 1, pmap_iter_timeout(it)) >= 0 || errno == EINTR);
+        }
+        assert_int_equal(rc, PMAP_DONE);
+        assert_int_equal(got, n);
+        assert_int_equal(pmap_iter_journal(it, j), PMAP_EINVAL); /* too late, even the same one */
+        assert_int_equal(pmap_iter_free(it), PMAP_OK);
+        assert_int_equal(drain_calls(0, NULL), round == 0 ? n : 0);
+        check_all(a[round], n, M_MIXED);
+    }
+    assert_memory_equal(a[0], a[1], sizeof a[0][0] * n);
+    {
+        struct gen g = {0, n, UINT64_MAX};
+        pmap_iter *it = pmap_imap(pool, gen, &g);
+        pmap_item item;
+        int rc;
+
+        assert_non_null(it);
+        do
+            rc = pmap_try_next(it, &item);
+        while (rc == PMAP_EAGAIN);
+        assert_int_equal(pmap_iter_journal(it, j), PMAP_EINVAL);
+        assert_int_equal(pmap_iter_free(it), PMAP_OK);
+        (void)drain_calls(0, NULL);
+    }
     assert_int_equal(pmap_journal_close(j), PMAP_OK);
     assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
     tu_snap_check(&snap);
@@ -1229,13 +1318,13 @@ int main(void)
 {
     struct rlimit nocore = {0, 0};
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_run_twice),      cmocka_unit_test(test_extend),
-        cmocka_unit_test(test_sigkill_resume), cmocka_unit_test(test_damaged_tail),
-        cmocka_unit_test(test_other_input),    cmocka_unit_test(test_locked),
-        cmocka_unit_test(test_not_journal),    cmocka_unit_test(test_misuse),
+        cmocka_unit_test(test_run_twice),        cmocka_unit_test(test_extend),
+        cmocka_unit_test(test_sigkill_resume),   cmocka_unit_test(test_damaged_tail),
+        cmocka_unit_test(test_other_input),      cmocka_unit_test(test_locked),
+        cmocka_unit_test(test_not_journal),      cmocka_unit_test(test_misuse),
         cmocka_unit_test(test_crash_not_stored), cmocka_unit_test(test_reader_table),
-        cmocka_unit_test(test_big_results),    cmocka_unit_test(test_write_fails),
-        cmocka_unit_test(test_hand_written),
+        cmocka_unit_test(test_big_results),      cmocka_unit_test(test_write_fails),
+        cmocka_unit_test(test_hand_written),     cmocka_unit_test(test_event_loop),
 #ifdef PMAP_TEST_WRAP_FDATASYNC
         cmocka_unit_test(test_sync_periodic),
 #endif
@@ -1265,7 +1354,7 @@ int main(void)
         static const char *names[] = {"twice.pmj", "extend.pmj", "killed.pmj", "tail.pmj",
                                       "other.pmj", "locked.pmj", "notes.txt",  "misuse.pmj",
                                       "crash.pmj", "table.pmj",  "big.pmj",    "full.pmj",
-                                      "hand.pmj",  "sync.pmj"};
+                                      "hand.pmj",  "sync.pmj",   "evloop.pmj"};
         size_t i;
 
         for (i = 0; i < sizeof names / sizeof names[0]; i++) {
