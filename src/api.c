@@ -41,6 +41,11 @@ static int options_import(pmap_options *dst, const pmap_options *src, size_t siz
     return 0;
 }
 
+static int start_method_valid(int m)
+{
+    return m == PMAP_START_FORK || m == PMAP_START_FORKSERVER;
+}
+
 void pmap_options_init_sized(pmap_options *opt, size_t size)
 {
     if (opt != NULL && size >= OPTIONS_V1_SIZE)
@@ -71,7 +76,7 @@ pmap_pool *pmap__pool_new_at(const struct pmap__backend_ops *ops, pmap_task_fn f
         return NULL;
     }
     if (options_import(&p->opt, opt, opt_size) != 0 || p->opt.workers < 0 ||
-        p->opt.workers > PMAP_WORKERS_MAX) {
+        p->opt.workers > PMAP_WORKERS_MAX || !start_method_valid(p->opt.start_method)) {
         free(p);
         errno = EINVAL;
         return NULL;

@@ -1,6 +1,8 @@
 /*
  * The table of internals the separate units use (unit.h).
  */
+#define _POSIX_C_SOURCE 200809L
+
 #include "unit.h"
 
 static const struct pmap__unit unit = {
