@@ -586,7 +586,7 @@ static int c_frame_end(void *ud, const struct pmap__frame *f)
 }
 
 /* No record_end: c_record counts the record (see there). */
-static const struct pmap__decoder_ops caller_ops = {c_frame, c_record, NULL, c_frame_end};
+static const struct pmap__decoder_ops caller_ops = {c_frame, c_record, NULL, c_frame_end, NULL};
 
 /* Read what the worker has written (up to a budget). */
 static void read_worker(struct pool *p, struct worker *w, uint64_t now)

@@ -497,7 +497,7 @@ static int w_frame_end(void *ud, const struct pmap__frame *f)
     return 0;
 }
 
-static const struct pmap__decoder_ops w_ops = {w_frame, w_record, w_record_end, w_frame_end};
+static const struct pmap__decoder_ops w_ops = {w_frame, w_record, w_record_end, w_frame_end, NULL};
 
 static pid_t watchdog_parent;
 static int watchdog_pidfd = -1;
