@@ -24,6 +24,9 @@ void pmap__close(int *fd);
  * or PMAP_ENOMEM. */
 int pmap__epoll_open(int *fd);
 int pmap__eventfd_open(int *fd, unsigned initval);
+/* A memfd (close-on-exec, sealable), numbered >= 3 and registered like
+ * pmap__pipe's; ENOSYS where there is none. 0, PMAP_ESYS or PMAP_ENOMEM. */
+int pmap__memfd_open(const char *name, int *fd);
 /* Watch fd in the epoll set ep, level-triggered, for input (writable 0)
  * or for room to write. 0 or PMAP_ESYS. */
 int pmap__epoll_add(int ep, int fd, int writable);
@@ -97,8 +100,8 @@ void pmap__fdreg_unlock(void);
 int pmap__fdreg_add(int fd);
 void pmap__fdreg_remove(int fd);
 /* In a freshly forked worker, with the registry lock held by the fork:
- * close every registered descriptor except keep1 and keep2, and leave the
- * worker with an empty, unlocked registry of its own. */
-void pmap__fdreg_child(int keep1, int keep2);
+ * close every registered descriptor except keep1, keep2 and keep3 (-1:
+ * none), and leave the worker with an unlocked registry of those alone. */
+void pmap__fdreg_child(int keep1, int keep2, int keep3);
 
 #endif /* PMAP_IO_H */
