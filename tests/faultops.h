@@ -29,6 +29,14 @@
  * dump), while the stuck task sleeps far longer still. */
 #define FAULT_LIMIT_MS 1000u
 
+#if defined(__SANITIZE_ADDRESS__)
+#define FO_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FO_SANITIZED 1
+#endif
+#endif
+
 enum fo_kind {
     FO_ECHO,         /* result value = index * 3 + 7 */
     FO_SLEEP,        /* sleep arg ms, then echo */
@@ -440,6 +448,21 @@ static inline int fo_quick(void)
     const char *q = getenv("PMAP_TEST_QUICK");
 
     return q != NULL && *q != '\0' && *q != '0';
+}
+
+/* The limit for the tests above. FAULT_LIMIT_MS is for builds and runs
+ * where a crash is slow (AddressSanitizer reports it with a symbolized
+ * stack, valgrind dumps one); in a plain build a crash ends in
+ * microseconds of CPU, and half a second still leaves a loaded machine
+ * hundreds of milliseconds of scheduling delay for a short task, while
+ * every timed-out record costs the limit in wall time. */
+static inline unsigned fo_limit_ms(void)
+{
+#ifdef FO_SANITIZED
+    return FAULT_LIMIT_MS;
+#else
+    return fo_valgrind() || fo_quick() ? FAULT_LIMIT_MS : 500u;
+#endif
 }
 
 #endif

@@ -291,7 +291,7 @@ static void test_small_windows(void **state)
 /* How often a batch-mate of a crash runs                                   */
 /* ------------------------------------------------------------------------ */
 
-#define RERUN_RECORDS 480u
+#define RERUN_RECORDS 320u
 #define RERUN_CHUNK 16u
 /* Far above what a short task or a crash can take on a loaded machine or
  * under valgrind (as the fault suite's limit). */

@@ -168,7 +168,7 @@ static void test_timeout_small_window(void **state)
     struct fo_plan *pl = fo_plan_new(N, FO_ECHO, 0);
     struct fo_got got[N];
     uint64_t i;
-    int round, rounds = fo_quick() ? 6 : 15;
+    int round, rounds = fo_quick() ? 4 : 8;
 
     (void)state;
     tu_snap_take(&snap);

@@ -300,15 +300,15 @@ static int sigpipe_pending(void)
     return sigismember(&p, SIGPIPE);
 }
 
-/* A worker dies while the caller is writing a 32 MiB record to it: items 0
+/* A worker dies while the caller is writing an 8 MiB record to it: items 0
  * and 1 travel in one batch; the worker starts item 0 as soon as it has
- * it, while the caller is still pushing item 1 (32 MiB, far more than a
- * pipe holds) after it. The task closes the worker's input first (as a
+ * it, while the caller is still pushing item 1 (8 MiB, eight times what a
+ * pipe holds at most without privileges) after it. The task closes the worker's input first (as a
  * dying process does, before it can be reaped), so the caller's next write
  * meets a pipe without a reader for certain, then sleeps and exits. */
 static const struct hrec pipe_plan[] = {
     {FO_CLOSE_IN_EXIT, 300, 0},
-    {0, 0, (size_t)32 << 20},
+    {0, 0, (size_t)8 << 20},
     {FO_ECHO, 0, 0},
 };
 
@@ -404,7 +404,7 @@ static void test_signals_untouched(void **state)
             pthread_sigmask(SIG_BLOCK, &blk, NULL);
         }
         sig_snap(&before);
-        pool = host_pool(2, 1, FAULT_LIMIT_MS);
+        pool = host_pool(2, 1, fo_limit_ms());
         assert_non_null(pool);
         it = pmap_imap(pool, hgen_next, &g);
         assert_non_null(it);
@@ -468,7 +468,7 @@ static void test_sigchld_ignored(void **state)
     pl->ops[11].kind = FO_SLEEP;
     pl->ops[11].arg = 20000;
     fo_opts(&opt, 2, 0);
-    opt.task_timeout_ms = FAULT_LIMIT_MS;
+    opt.task_timeout_ms = fo_limit_ms();
     opt.max_tasks_per_worker = 6;
     pool = pmap_pool_create(fo_task, NULL, &opt);
     assert_non_null(pool);
@@ -1058,7 +1058,7 @@ static void test_two_pools_interleaved(void **state)
 
         fo_opts(&opt, 2, 0);
         a = fo_pool(&opt);
-        opt.task_timeout_ms = FAULT_LIMIT_MS;
+        opt.task_timeout_ms = fo_limit_ms();
         b = fo_pool(&opt);
         pa->next = pb->next = 0;
         ia = pmap_imap(a, fo_gen, pa);
