@@ -227,6 +227,26 @@ typedef int (*pmap_task_fn)(void *ctx, const void *param, size_t len, pmap_buf *
  */
 typedef int (*pmap_gen_fn)(void *gen_ctx, pmap_buf *param);
 
+/**
+ * Inside a generator: attach a caller-side value to the record being
+ * generated, `param` being the buffer the generator was given. The value
+ * never travels to the worker; it comes back with the record's item, in
+ * either order, through pmap_item_user() (e.g. the name of the file whose
+ * hash the item holds, or the record's own struct). An integer travels as
+ * `(void *)(uintptr_t)n`. The library never dereferences it; the caller
+ * owns what it points to (free it when its item has been handled, or
+ * after pmap_iter_free() for items never handed out). A record without a
+ * value gives NULL; calling it again for the same record replaces the
+ * value (NULL clears it). A value set by a call of the generator that then
+ * returns 0 or an error belongs to no record and is dropped.
+ *
+ * Returns PMAP_OK; PMAP_EINVAL when `param` is not the buffer of a record
+ * this thread's generator is producing (a task's `out`, a call outside a
+ * generator); PMAP_ENOMEM (the first call of a map allocates a pointer per
+ * slot of its window). Caller process only. Since 1.1.
+ */
+PMAP_API int pmap_param_set_user(pmap_buf *param, void *user);
+
 /* ------------------------------------------------------------------------ */
 /* Options                                                                  */
 /* ------------------------------------------------------------------------ */
@@ -293,6 +313,18 @@ typedef struct pmap_options {
      *  retried. Each retry of a crash or timeout costs the fork of a
      *  replacement worker. 0 (the default): no retries. */
     unsigned max_retries;
+    /** Since 1.1. Run once in a worker that ends normally, after its last
+     *  record, so per-worker state set up by worker_init can be flushed
+     *  and freed: when pmap_pool_destroy() ends it, when it is recycled
+     *  (max_tasks_per_worker, max_worker_rss). Not run for a worker that
+     *  crashed, was
+     *  killed (time limit, pmap_iter_free() while it was busy), or whose
+     *  worker_init failed. Receives the pool's `ctx`, on the thread that
+     *  runs the tasks; pmap_worker_id() still gives its number. Keep it
+     *  short: pmap_pool_destroy() kills a worker that has not exited half
+     *  a second after being told to. What it writes to stdio is flushed.
+     *  NULL (the default): nothing. */
+    void (*worker_exit)(void *ctx);
 } pmap_options;
 
 /**
@@ -378,6 +410,37 @@ PMAP_API pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx);
  * particular order; item.index tells which record each one is.
  */
 PMAP_API pmap_iter *pmap_imap_unordered(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx);
+
+/**
+ * As pmap_imap(), but the records run through task `fn` with `ctx` instead
+ * of the task and ctx given to pmap_pool_create(), which stay the pool's
+ * default for later maps: one pool serves maps of different tasks without
+ * forking its workers again (Python's pool.imap(f, ...) with any f).
+ * Each worker switches to `fn` before its first record of this map;
+ * worker_init and worker_exit keep the pool's ctx. Everything else is as
+ * for pmap_imap(): item statuses and codes (a crash or timeout in `fn` is
+ * reported on its record), retries, recycling, replacement workers (which
+ * run `fn` too).
+ *
+ * `fn` is called in the workers, which are forks of this program: the
+ * function pointer is valid there, but `ctx` is read with the fork
+ * snapshot rule like any memory of the caller's, so it must point to data
+ * that existed, as the task needs it, when the workers were forked (before
+ * pmap_pool_create(), or static), or be a plain value such as
+ * `(void *)(uintptr_t)n`. Data made for this map travels in the records.
+ *
+ * Returns the iterator, or NULL with errno set: as pmap_imap(), and EINVAL
+ * for a NULL `fn`, or for a pool whose workers are not forks of this
+ * program and so cannot call its function pointers (a pool made by any
+ * other constructor than pmap_pool_create(), e.g. across machines).
+ * Caller process only. Since 1.1.
+ */
+PMAP_API pmap_iter *pmap_imap_task(pmap_pool *pool, pmap_task_fn fn, void *ctx, pmap_gen_fn gen,
+                                   void *gen_ctx);
+
+/** pmap_imap_task() with results in no particular order. Since 1.1. */
+PMAP_API pmap_iter *pmap_imap_task_unordered(pmap_pool *pool, pmap_task_fn fn, void *ctx,
+                                             pmap_gen_fn gen, void *gen_ctx);
 
 /**
  * As pmap_imap(), over an array instead of a generator: record i is the
@@ -473,6 +536,15 @@ typedef struct pmap_item {
 PMAP_API int pmap_next(pmap_iter *it, pmap_item *item);
 
 /**
+ * The caller-side value the generator attached to the record of `item`
+ * (pmap_param_set_user()), or NULL when it attached none. `item` must be
+ * the one the latest pmap_next() or pmap_try_next() on `it` filled: for
+ * any other (an older item, NULL arguments) it returns NULL. Costs a few
+ * loads; never blocks. Caller process only. Since 1.1.
+ */
+PMAP_API void *pmap_item_user(const pmap_iter *it, const pmap_item *item);
+
+/**
  * End the map and free the iterator, early if needed: workers still busy
  * with its records are stopped (killed) and replaced, so this returns
  * promptly however long the tasks are. The pool stays usable.
@@ -485,6 +557,16 @@ PMAP_API int pmap_next(pmap_iter *it, pmap_item *item);
  * runs the generator has returned.
  */
 PMAP_API int pmap_iter_free(pmap_iter *it);
+
+/**
+ * The generator's own negative return value once it has ended the map
+ * (pmap_next() returned or is to return PMAP_EGEN), so a generator can
+ * say why it failed (e.g. -errno). 0 while the generator has not failed,
+ * when the map ended another way (a generator that returned 1 with a
+ * failed buffer ends it with that buffer's status, not PMAP_EGEN), and
+ * for NULL. Valid until pmap_iter_free(). Caller process only. Since 1.1.
+ */
+PMAP_API int pmap_iter_gen_error(const pmap_iter *it);
 
 /* ------------------------------------------------------------------------ */
 /* Inside an event loop (since 1.1)                                         */

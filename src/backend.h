@@ -123,6 +123,11 @@ struct pmap__backend_ops {
      * limits, grace periods, exits to reap, workers to start), as the last
      * pump() left them: 0 when due, -1 when there is none. */
     int (*timeout)(void *be);
+    /* The task of the next map's records, fn NULL: the pool's own (with
+     * its ctx). Called by every map start; a backend whose workers cannot
+     * run a function pointer of this process leaves it NULL, and maps with
+     * a task of their own are refused (EINVAL). */
+    void (*set_task)(void *be, pmap_task_fn fn, void *ctx);
 };
 
 /* The process backend (pool.c): forked workers behind pipes. */

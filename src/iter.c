@@ -135,7 +135,18 @@ struct pmap_iter {
     /* pmap_imap_array: the caller's array, read by array_gen. */
     const unsigned char *arr_base;
     size_t arr_size, arr_count, arr_next;
+    /* pmap_param_set_user: one value per slot, allocated by the first
+     * call, so a map that never sets one pays a test per record, no
+     * memory (and the slots keep their two cache lines). */
+    void **users;
+    int gen_rc;         /* the generator's own negative return, 0 if none */
+    int gen_buf_failed; /* the generator ended on a failed buffer, not its return */
 };
+
+/* The iterator whose generator this thread is running (NULL: none), so
+ * that pmap_param_set_user can find the record behind its buffer. Saved
+ * and restored around each run: a generator may draw from another map. */
+static _Thread_local struct pmap_iter *gen_iter;
 
 static uint32_t slot_of(const struct pmap_iter *it, const struct pmap__rec *r)
 {
@@ -313,7 +324,18 @@ static PMAP__RARE int gen_failed_buf(struct pmap_iter *it, struct pmap_buf *para
     if (it->fatal == 0)
         it->fatal = pmap__buf_failed(param);
     pmap__buf_unfail(param);
+    it->gen_buf_failed = 1;
     return -1;
+}
+
+/* The generator returned 0 or an error: it is not called again. */
+static PMAP__RARE void gen_end(struct pmap_iter *it, int rc)
+{
+    it->gen_state = rc == 0 ? G_ENDED : G_FAILED;
+    if (rc < 0 && !it->gen_buf_failed)
+        it->gen_rc = rc;
+    if (rc < 0 && it->fatal == 0)
+        it->fatal = PMAP_EGEN;
 }
 
 /* A parameter larger than any before: bound the window's bytes and the
@@ -373,14 +395,14 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     r->param.len = 0;
     if (it->stash.n != 0 && r->param.data == r->param.small)
         param_from_stash(it, &r->param);
+    if (it->users != NULL)
+        it->users[slot] = NULL;
     rc = it->gen(it->gen_ctx, &r->param);
     if (rc > 0 && r->param.cap == 0)
         rc = gen_failed_buf(it, &r->param);
     if (rc <= 0) {
         r->param.len = 0;
-        it->gen_state = rc == 0 ? G_ENDED : G_FAILED;
-        if (rc < 0 && it->fatal == 0)
-            it->fatal = PMAP_EGEN;
+        gen_end(it, rc);
         return NULL;
     }
     if (!it->ordered)
@@ -423,6 +445,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
     void *const gen_ctx = it->gen_ctx;
     uint64_t idx = it->generated, live = it->live_bytes;
     uint32_t slot = it->gen_slot, fresh = it->fresh, n = 0;
+    struct pmap_iter *outer = gen_iter;
     int rc = 1;
 
     /* Every call of the generator is made from here, and never while a
@@ -431,6 +454,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
      * general way refuses it. Set once per run, not per record. */
     if (!it->ordered) {
         it->in_gen = 1;
+        gen_iter = it;
         while (n < want) {
             struct pmap__rec *r = generate(it);
 
@@ -438,6 +462,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
                 break;
             out[n++] = r;
         }
+        gen_iter = outer;
         it->in_gen = 0;
         return n;
     }
@@ -446,6 +471,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
     if (want > window - (idx - returned))
         want = (uint32_t)(window - (idx - returned));
     it->in_gen = 1;
+    gen_iter = it;
     while (n < want) {
         struct pmap__rec *r = &recs[slot];
 
@@ -460,6 +486,10 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         r->param.len = 0;
         if (stashing && it->stash.n != 0 && r->param.data == r->param.small)
             param_from_stash(it, &r->param);
+        /* Read each time: the generator's first pmap_param_set_user
+         * allocates the array. */
+        if (it->users != NULL)
+            it->users[slot] = NULL;
         rc = gen(gen_ctx, &r->param);
         if (rc > 0 && r->param.cap == 0)
             rc = gen_failed_buf(it, &r->param);
@@ -483,16 +513,14 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         live += r->param.len;
         out[n++] = r;
     }
+    gen_iter = outer;
     it->in_gen = 0;
     it->generated = idx;
     it->live_bytes = live;
     it->gen_slot = slot;
     it->fresh = fresh;
-    if (rc <= 0) {
-        it->gen_state = rc == 0 ? G_ENDED : G_FAILED;
-        if (rc < 0 && it->fatal == 0)
-            it->fatal = PMAP_EGEN;
-    }
+    if (rc <= 0)
+        gen_end(it, rc);
     return n;
 }
 
@@ -764,11 +792,14 @@ static void slots_free(struct pmap__rec *recs, uint32_t n)
         munmap(recs, bytes);
 }
 
-static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int ordered)
+/* A map of `gen`'s records; fn NULL: with the pool's own task. */
+static pmap_iter *iter_new(pmap_pool *pool, pmap_task_fn fn, void *ctx, pmap_gen_fn gen,
+                           void *gen_ctx, int ordered)
 {
     struct pmap_iter *it;
 
-    if (gen == NULL || pmap__pool_usable(pool) != 0) {
+    if (gen == NULL || pmap__pool_usable(pool) != 0 ||
+        (fn != NULL && pool->ops->set_task == NULL)) {
         errno = EINVAL;
         return NULL;
     }
@@ -822,6 +853,8 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx, int 
     it->ev_efd = -1;
     pool->iter = it;
     it->ops->begin(it->be);
+    if (it->ops->set_task != NULL)
+        it->ops->set_task(it->be, fn, ctx);
     return it;
 }
 
@@ -856,7 +889,7 @@ static pmap_iter *array_new(pmap_pool *pool, const void *base, size_t count, siz
         return NULL;
     }
     /* A placeholder context: array_gen's is the iterator itself. */
-    it = iter_new(pool, array_gen, NULL, ordered);
+    it = iter_new(pool, NULL, NULL, array_gen, NULL, ordered);
     if (it == NULL)
         return NULL;
     it->gen_ctx = it;
@@ -938,12 +971,32 @@ int pmap_map_array(pmap_pool *pool, const void *base, size_t count, size_t size,
 
 pmap_iter *pmap_imap(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx)
 {
-    return iter_new(pool, gen, gen_ctx, 1);
+    return iter_new(pool, NULL, NULL, gen, gen_ctx, 1);
 }
 
 pmap_iter *pmap_imap_unordered(pmap_pool *pool, pmap_gen_fn gen, void *gen_ctx)
 {
-    return iter_new(pool, gen, gen_ctx, 0);
+    return iter_new(pool, NULL, NULL, gen, gen_ctx, 0);
+}
+
+pmap_iter *pmap_imap_task(pmap_pool *pool, pmap_task_fn fn, void *ctx, pmap_gen_fn gen,
+                          void *gen_ctx)
+{
+    if (fn == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return iter_new(pool, fn, ctx, gen, gen_ctx, 1);
+}
+
+pmap_iter *pmap_imap_task_unordered(pmap_pool *pool, pmap_task_fn fn, void *ctx,
+                                    pmap_gen_fn gen, void *gen_ctx)
+{
+    if (fn == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return iter_new(pool, fn, ctx, gen, gen_ctx, 0);
 }
 
 static void fill(pmap_item *item, const struct pmap__rec *r)
@@ -1087,12 +1140,63 @@ int pmap_iter_free(pmap_iter *it)
     slots_free(it->recs, it->window);
     pmap__stash_free(&it->stash);
     free(it->batch);
+    free(it->users);
     /* Only closed (in an inherited copy too): the eventfd is in no other
      * set, and the backend's descriptor stays the backend's. */
     pmap__close(&it->ev_epfd);
     pmap__close(&it->ev_efd);
     free(it);
     return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Caller-side values and the generator's error                             */
+/* ------------------------------------------------------------------------ */
+
+int pmap_param_set_user(pmap_buf *param, void *user)
+{
+    struct pmap_iter *it = gen_iter;
+    uintptr_t at = (uintptr_t)param, lo, off;
+    size_t slot;
+
+    /* Only the buffer of the record being generated: slot arithmetic on
+     * anything else (a task's `out`, another iterator's slot) is refused
+     * before it could write anywhere. */
+    if (it == NULL || param == NULL)
+        return PMAP_EINVAL;
+    lo = (uintptr_t)it->recs;
+    if (at < lo || at >= lo + (uintptr_t)it->window * sizeof(struct pmap__rec))
+        return PMAP_EINVAL;
+    off = at - lo;
+    if (off % sizeof(struct pmap__rec) != offsetof(struct pmap__rec, param))
+        return PMAP_EINVAL;
+    slot = off / sizeof(struct pmap__rec);
+    if (it->recs[slot].state != R_FREE)
+        return PMAP_EINVAL; /* a record generated earlier, not this one */
+    if (it->users == NULL) {
+        it->users = calloc(it->window, sizeof *it->users);
+        if (it->users == NULL)
+            return PMAP_ENOMEM;
+    }
+    it->users[slot] = user;
+    return PMAP_OK;
+}
+
+void *pmap_item_user(const pmap_iter *it, const pmap_item *item)
+{
+    const struct pmap__rec *r;
+
+    if (it == NULL || item == NULL || it->users == NULL)
+        return NULL;
+    r = it->held;
+    if (r == NULL || r->index != item->index)
+        return NULL;
+    return it->users[slot_of(it, r)];
+}
+
+int pmap_iter_gen_error(const pmap_iter *it)
+{
+    return it == NULL ? 0 : it->gen_rc;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -103,6 +103,7 @@ struct worker {
     uint64_t recv;         /* results accepted */
     uint32_t pending;      /* results of the current frame, accepted at its trailer */
     uint64_t blame;        /* K_TIMEOUT: the record that ran too long */
+    uint64_t task_gen;     /* the task it runs: pool.task_gen when told; 0: the pool's own */
     /* Records in flight: fifo[seq & (fifo_cap - 1)] for seq in [recv, sent). */
     struct pmap__rec **fifo;
     uint32_t fifo_cap;
@@ -124,6 +125,13 @@ struct pool {
     pmap_task_fn fn;
     void *ctx;
     int (*init)(void *ctx);
+    void (*fini)(void *ctx);
+    /* The task of the current map when it is not fn/ctx: task_gen names
+     * it (0: fn/ctx), so a worker that runs another is told before its
+     * next batch. */
+    pmap_task_fn task_fn;
+    void *task_ctx;
+    uint64_t task_gen, task_seq;
     unsigned timeout_ms;
     size_t max_worker_rss;
     unsigned long max_tasks;
@@ -170,6 +178,7 @@ static void place_reset(struct worker *w)
     w->recv = 0;
     w->pending = 0;
     w->blame = 0;
+    w->task_gen = 0; /* a new process starts with the pool's task */
     w->txbuf.len = 0;
     w->nseg = 0;
     w->seg_pos = 0;
@@ -250,9 +259,11 @@ static int start_worker(struct pool *p, struct worker *w)
     pid_t pid;
     int tx, rx, rc, afd = -1;
 
+    memset(&a, 0, sizeof a);
     a.fn = p->fn;
     a.ctx = p->ctx;
     a.init = p->init;
+    a.fini = p->fini;
     a.task_timeout_ms = p->timeout_ms;
     a.max_worker_rss = p->max_worker_rss;
     a.max_record = p->max_record;
@@ -818,6 +829,31 @@ static int fifo_reserve(struct worker *w, uint32_t more)
     return 0;
 }
 
+/* Queue a K_USE frame: the worker runs the pool's current task from its
+ * next batch on. */
+static PMAP__RARE int tx_use(struct worker *w)
+{
+    struct pool *p = w->pool;
+    struct pmap__frame f;
+    size_t pos = w->txbuf.len;
+    int rc;
+
+    if (p->task_gen != 0)
+        pmap__frame_use(&f, p->task_fn, p->task_ctx);
+    else
+        pmap__frame_use(&f, p->fn, p->ctx);
+    if (pmap__buf_reserve(&w->txbuf, pos + PMAP__HDR_SIZE + PMAP__TRL_SIZE) != 0)
+        return PMAP_ENOMEM;
+    pmap__frame_hdr(w->txbuf.data + pos, &f);
+    pmap__frame_trl(w->txbuf.data + pos + PMAP__HDR_SIZE, &f);
+    w->txbuf.len = pos + PMAP__HDR_SIZE + PMAP__TRL_SIZE;
+    rc = seg_add(w, NULL, pos, PMAP__HDR_SIZE + PMAP__TRL_SIZE);
+    if (rc != 0)
+        return rc;
+    w->task_gen = p->task_gen;
+    return 0;
+}
+
 static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
 {
     struct pool *p = be;
@@ -839,6 +875,11 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
         return rc;
     if (!tx_pending(w))
         tx_clear(w);
+    if (w->task_gen != p->task_gen) {
+        rc = tx_use(w);
+        if (rc != 0)
+            return rc;
+    }
     f.kind = PMAP__K_TASKS;
     f.count = n;
     f.seq = (uint32_t)w->sent;
@@ -1495,6 +1536,7 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
     p->fn = cfg->fn;
     p->ctx = cfg->ctx;
     p->init = cfg->opt->worker_init;
+    p->fini = cfg->opt->worker_exit;
     p->timeout_ms = cfg->opt->task_timeout_ms;
     p->max_worker_rss = cfg->opt->max_worker_rss;
     p->max_tasks = cfg->opt->max_tasks_per_worker;
@@ -1554,7 +1596,22 @@ static void be_release(void *be)
     pool_free(be);
 }
 
+static void be_set_task(void *be, pmap_task_fn fn, void *ctx)
+{
+    struct pool *p = be;
+
+    if (fn == NULL || (fn == p->fn && ctx == p->ctx)) {
+        p->task_gen = 0;
+    } else if (p->task_gen == 0 || fn != p->task_fn || ctx != p->task_ctx) {
+        /* A new name even for a task run before: workers that still run
+         * an older one compare names only. */
+        p->task_fn = fn;
+        p->task_ctx = ctx;
+        p->task_gen = ++p->task_seq;
+    }
+}
+
 const struct pmap__backend_ops pmap__process_ops = {
     be_create, be_destroy, be_release, be_nworkers, be_room,    be_inflight,
-    be_submit, be_pump,    be_cancel,  be_begin,    be_fd,      be_timeout,
+    be_submit, be_pump,    be_cancel,  be_begin,    be_fd,      be_timeout, be_set_task,
 };

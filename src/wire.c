@@ -88,6 +88,36 @@ void pmap__frame_trl(unsigned char out[PMAP__TRL_SIZE], const struct pmap__frame
     put32(out + 4, mix(get32(h + 28), f->bytes ^ f->seq));
 }
 
+/* Pointers travel as their bytes: C has no portable integer for a
+ * function pointer, but both ends run the same program image. */
+_Static_assert(sizeof(pmap_task_fn) <= sizeof(uint64_t), "a task pointer fits in 64 bits");
+_Static_assert(sizeof(void *) <= sizeof(uint64_t), "a pointer fits in 64 bits");
+
+void pmap__frame_use(struct pmap__frame *f, pmap_task_fn fn, void *ctx)
+{
+    uint64_t fbits = 0, cbits = 0;
+
+    memcpy(&fbits, &fn, sizeof fn);
+    memcpy(&cbits, &ctx, sizeof ctx);
+    f->kind = PMAP__K_USE;
+    f->flags = 0;
+    f->count = 0;
+    f->bytes = fbits;
+    f->seq = (uint32_t)cbits;
+    f->aux = (uint32_t)(cbits >> 32);
+}
+
+int pmap__frame_use_read(const struct pmap__frame *f, pmap_task_fn *fn, void **ctx)
+{
+    uint64_t cbits = (uint64_t)f->aux << 32 | f->seq;
+
+    if (f->bytes == 0)
+        return PMAP_EPROTO;
+    memcpy(fn, &f->bytes, sizeof *fn);
+    memcpy(ctx, &cbits, sizeof *ctx);
+    return 0;
+}
+
 void pmap__decoder_init(struct pmap__decoder *d, const struct pmap__decoder_ops *ops, void *ud,
                         uint64_t max_record)
 {
@@ -125,12 +155,16 @@ static int parse_hdr(struct pmap__decoder *d, const unsigned char *h)
     f.seq = get32(h + 12);
     f.bytes = get64(h + 16);
     f.aux = get32(h + 24);
-    if (f.kind < PMAP__K_TASKS || f.kind > PMAP__K_RETIRE || f.count > PMAP__FRAME_MAX_COUNT)
+    if (f.kind < PMAP__K_TASKS || f.kind > PMAP__K_USE || f.count > PMAP__FRAME_MAX_COUNT)
         return pmap__decoder_fail(d, PMAP_EPROTO);
     if ((f.flags & ~(PMAP__F_UNIFORM | (f.kind == PMAP__K_TASKS ? PMAP__F_EACH : 0u))) != 0)
         return pmap__decoder_fail(d, PMAP_EPROTO);
     if (f.kind == PMAP__K_READY || f.kind == PMAP__K_RETIRE) {
         if (f.count != 0 || f.bytes != 0 || f.flags != 0)
+            return pmap__decoder_fail(d, PMAP_EPROTO);
+    } else if (f.kind == PMAP__K_USE) {
+        /* `bytes` is the task here, not a length. */
+        if (f.count != 0 || f.flags != 0)
             return pmap__decoder_fail(d, PMAP_EPROTO);
     } else if (f.flags & PMAP__F_UNIFORM) {
         /* Records of bytes / count bytes each, exactly. */

@@ -58,8 +58,14 @@ enum pmap__kind {
     PMAP__K_TASKS = 1,   /* caller -> worker: parameter records */
     PMAP__K_RESULTS = 2, /* worker -> caller: result records, aux = task time (us) */
     PMAP__K_READY = 3,   /* worker -> caller: worker_init done, no records */
-    PMAP__K_RETIRE = 4   /* worker -> caller: exiting after `seq` records (memory limit) */
+    PMAP__K_RETIRE = 4,  /* worker -> caller: exiting after `seq` records (memory limit) */
+    /* caller -> worker: the task of the frames that follow, no records:
+     * the function's bits in `bytes`, its ctx's in aux (high) and seq
+     * (low half). Fork-based workers share the caller's program image, so
+     * the values are the worker's pointers too. */
+    PMAP__K_USE = 5
 };
+
 
 enum { PMAP__R_OK = 0, PMAP__R_TASKERR = 1, PMAP__R_STATUS = 2 /* code: a pmap status */ };
 
@@ -104,6 +110,10 @@ struct pmap__frame {
 
 void pmap__frame_hdr(unsigned char out[PMAP__HDR_SIZE], const struct pmap__frame *f);
 void pmap__frame_trl(unsigned char out[PMAP__TRL_SIZE], const struct pmap__frame *f);
+/* The header of a K_USE frame for task `fn` and `ctx`. */
+void pmap__frame_use(struct pmap__frame *f, pmap_task_fn fn, void *ctx);
+/* The task and ctx a K_USE frame names; 0, or PMAP_EPROTO for a NULL task. */
+int pmap__frame_use_read(const struct pmap__frame *f, pmap_task_fn *fn, void **ctx);
 /* Bytes of the header of a record of `len` bytes. */
 static inline size_t pmap__rec_hdr_size(uint64_t len)
 {

@@ -81,6 +81,8 @@ int pmap_worker_id(void)
 
 struct wctx {
     const struct pmap__worker_args *a;
+    pmap_task_fn fn; /* the task of the current map (K_USE), first the pool's */
+    void *ctx;
     struct pmap__shm_slot *shm;
     int rfd, wfd;
     uint64_t seq;   /* records received */
@@ -128,6 +130,17 @@ static _Noreturn void w_exit(int code)
 {
     fflush(NULL);
     _exit(code);
+}
+
+/* The worker ends because it was told to (EOF on its input: the pool is
+ * destroyed or recycles it, or the caller is gone) or retires itself
+ * (max_worker_rss): worker_exit runs, on the task's thread, between
+ * records. Every other end is a failure or a kill, and skips it. */
+static _Noreturn void w_exit_normal(const struct wctx *c)
+{
+    if (c->a->fini != NULL)
+        c->a->fini(c->a->ctx);
+    w_exit(0);
 }
 
 /* Write the results waiting in `out` as one frame. 0, or -1 when the
@@ -182,11 +195,10 @@ static PMAP__RARE void w_wait_claim(struct wctx *c)
  * every tiny record. */
 static inline int w_call(struct wctx *c, const unsigned char *param, size_t param_len)
 {
-    const struct pmap__worker_args *a = c->a;
     int rc;
 
     atomic_store_explicit(&c->running, c->begun, memory_order_release);
-    rc = a->fn(a->ctx, param, param_len, &c->result);
+    rc = c->fn(c->ctx, param, param_len, &c->result);
     atomic_store_explicit(&c->running, 0, memory_order_relaxed);
     atomic_signal_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&c->claim, memory_order_acquire) != 0)
@@ -288,6 +300,12 @@ static int w_frame(void *ud, const struct pmap__frame *f)
 {
     struct wctx *c = ud;
 
+    /* Between batches: the task for the next ones (pmap_imap_task). */
+    if (f->kind == PMAP__K_USE) {
+        if (pmap__frame_use_read(f, &c->fn, &c->ctx) != 0)
+            w_exit(PMAP__EXIT_PROTO);
+        return 0;
+    }
     if (f->kind != PMAP__K_TASKS || f->seq != (uint32_t)c->seq)
         w_exit(PMAP__EXIT_PROTO);
     c->each = (f->flags & PMAP__F_EACH) != 0;
@@ -523,12 +541,13 @@ static int w_frame_end(void *ud, const struct pmap__frame *f)
 {
     struct wctx *c = ud;
 
-    (void)f;
+    if (f->kind != PMAP__K_TASKS)
+        return 0;
     w_flush(c);
     atomic_store_explicit(&c->batch, 0, memory_order_relaxed);
     if (c->retire) {
         w_send_control(c, PMAP__K_RETIRE, (uint32_t)c->out_first);
-        w_exit(0);
+        w_exit_normal(c);
     }
     return 0;
 }
@@ -759,6 +778,8 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
     w_signals();
     memset(&c, 0, sizeof c);
     c.a = a;
+    c.fn = a->fn;
+    c.ctx = a->ctx;
     c.shm = a->shm;
     c.rfd = rfd;
     c.wfd = wfd;
@@ -823,7 +844,7 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
                 w_exit(PMAP__EXIT_PROTO);
         }
         if (n == 0)
-            w_exit(0); /* EOF: the caller closed the pipe or is gone */
+            w_exit_normal(&c); /* EOF: the caller closed the pipe or is gone */
         if (n < 0)
             w_exit(PMAP__EXIT_IO);
     }

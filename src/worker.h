@@ -32,6 +32,7 @@ struct pmap__worker_args {
     pmap_task_fn fn;
     void *ctx;
     int (*init)(void *ctx);   /* worker_init, or NULL */
+    void (*fini)(void *ctx);  /* worker_exit, or NULL */
     unsigned task_timeout_ms; /* 0: none; else every start is timed */
     size_t max_worker_rss;    /* 0: none */
     size_t max_record;

@@ -56,6 +56,10 @@ static void test_every_export(void **state)
     assert_string_equal(pmap_strerror(12345), "unknown status");
     assert_true(pmap_cpu_count() >= 1);
     assert_int_equal(pmap_worker_id(), -1);
+    /* Outside a map: refused or empty (test_map_api covers them in use). */
+    assert_int_equal(pmap_param_set_user(NULL, NULL), PMAP_EINVAL);
+    assert_null(pmap_item_user(NULL, NULL));
+    assert_int_equal(pmap_iter_gen_error(NULL), 0);
     pmap_options_init(&opt);
     opt.workers = 2;
     pool = pmap_pool_create(echo, NULL, &opt);

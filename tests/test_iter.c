@@ -214,6 +214,7 @@ static void fake_begin(void *be)
 static const struct pmap__backend_ops fake_ops = {
     fake_create, fake_destroy, fake_destroy, fake_nworkers, fake_room, fake_inflight,
     fake_submit, fake_pump,    fake_cancel,  fake_begin,    NULL,      NULL,
+    NULL, /* set_task: no task per map (pmap_imap_task is refused) */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -666,6 +667,32 @@ static void test_busy(void **state)
     assert_int_equal(s.destroys, 1);
 }
 
+/* A backend that cannot run another function (no set_task, as here)
+ * refuses a map with a task of its own, and still runs the pool's. */
+static void test_task_per_map_refused(void **state)
+{
+    struct fake_script s = {0};
+    struct task_ctx tc = {0};
+    struct gen g = {0, 10, 0, 0, -1};
+    pmap_pool *pool;
+    pmap_iter *it;
+
+    (void)state;
+    s.places = 1;
+    pool = fake_pool(&s, &tc, 0, 0);
+    errno = 0;
+    assert_null(pmap_imap_task(pool, task, &tc, gen, &g));
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    assert_null(pmap_imap_task_unordered(pool, task, &tc, gen, &g));
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(s.begins, 0); /* refused before anything started */
+    it = pmap_imap(pool, gen, &g);
+    assert_non_null(it);
+    assert_int_equal(pmap_iter_free(it), PMAP_OK);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+}
+
 /* A backend without a descriptor of its own (fd and timeout NULL, as
  * here): pmap_try_next still delivers the serial stream, pmap_iter_fd
  * still gives a descriptor (readable while items wait, quiet after
@@ -745,6 +772,7 @@ int main(void)
         cmocka_unit_test(test_window_values),
         cmocka_unit_test(test_idle_places_first),
         cmocka_unit_test(test_busy),
+        cmocka_unit_test(test_task_per_map_refused),
         cmocka_unit_test(test_try_next_without_backend_fd),
     };
 

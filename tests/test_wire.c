@@ -1503,6 +1503,69 @@ static void test_callback_errors(void **state)
     inject_run(I_FRAME_END, -44);
 }
 
+/* K_USE: a task and its ctx in a frame of no records, both ways exact;
+ * with records, or with a NULL task, it is malformed. */
+static int use_task(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    (void)ctx;
+    (void)param;
+    (void)len;
+    (void)out;
+    return 0;
+}
+
+static void test_use_frame(void **state)
+{
+    static int target;
+    void *const ctxs[] = {NULL, &target, (void *)(uintptr_t)0xfedcba9876543210u};
+    unsigned char h[PMAP__HDR_SIZE], t[PMAP__TRL_SIZE];
+    struct pmap__decoder d;
+    struct pmap__frame f;
+    struct sink s;
+    struct bytes b = {0};
+    pmap_task_fn fn;
+    void *ctx;
+    size_t k;
+
+    (void)state;
+    for (k = 0; k < sizeof ctxs / sizeof ctxs[0]; k++) {
+        if (sizeof(void *) < 8 && k == 2)
+            continue;
+        pmap__frame_use(&f, use_task, ctxs[k]);
+        pmap__frame_hdr(h, &f);
+        pmap__frame_trl(t, &f);
+        b.len = 0;
+        b_put(&b, h, sizeof h);
+        b_put(&b, t, sizeof t);
+        sink_init(&s, 64);
+        pmap__decoder_init(&d, &sink_ops, &s, 64);
+        assert_int_equal(pmap__decode(&d, b.p, b.len), 0);
+        assert_int_equal(s.nframes, 1);
+        assert_int_equal(s.nends, 1);
+        assert_int_equal(s.nrecs, 0);
+        assert_int_equal(s.frames[0].kind, PMAP__K_USE);
+        assert_true(pmap__decoder_idle(&d));
+        assert_int_equal(pmap__frame_use_read(&s.frames[0], &fn, &ctx), 0);
+        assert_true(fn == use_task);
+        assert_ptr_equal(ctx, ctxs[k]);
+        sink_free(&s);
+    }
+    /* With a record: malformed. */
+    b.len = 0;
+    put_hdr(&b, PMAP__K_USE, 1, 0, PMAP__REC_SIZE);
+    put_rec(&b, 0, 0);
+    put_trl_for(&b, PMAP__K_USE, 1, 0, PMAP__REC_SIZE, 0);
+    sink_init(&s, 64);
+    pmap__decoder_init(&d, &sink_ops, &s, 64);
+    assert_int_equal(pmap__decode(&d, b.p, b.len), PMAP_EPROTO);
+    assert_int_equal(s.nframes, 0);
+    sink_free(&s);
+    /* A NULL task is refused by the reader. */
+    pmap__frame_use(&f, NULL, NULL);
+    assert_int_equal(pmap__frame_use_read(&f, &fn, &ctx), PMAP_EPROTO);
+    b_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1520,6 +1583,7 @@ int main(void)
         cmocka_unit_test(test_error_payload_and_status_record),
         cmocka_unit_test(test_callback_errors),
         cmocka_unit_test(test_arena_records),
+        cmocka_unit_test(test_use_frame),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

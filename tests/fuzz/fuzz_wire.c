@@ -47,7 +47,7 @@ static int on_frame(void *ud, const struct pmap__frame *f)
     struct sink *s = ud;
 
     CHECK(!s->in_frame && !s->in_record);
-    CHECK(f->kind >= PMAP__K_TASKS && f->kind <= PMAP__K_RETIRE);
+    CHECK(f->kind >= PMAP__K_TASKS && f->kind <= PMAP__K_USE);
     CHECK(f->count <= PMAP__FRAME_MAX_COUNT);
     /* EACH is a task frame's flag only; UNIFORM may go with it. */
     CHECK((f->flags & ~(PMAP__F_UNIFORM | PMAP__F_EACH)) == 0);
