@@ -195,11 +195,15 @@ struct files {
 static int next_file(void *gen_ctx, pmap_buf *param)
 {
     struct files *fs = gen_ctx;
-    const char *name;
+    char *name;
 
     if (fs->next == fs->n)
         return 0;
     name = fs->names[fs->next++];
+    /* The name comes back with the file's item (pmap_item_user), in
+     * either order: the consumer keeps no list of its own. */
+    if (pmap_param_set_user(param, name) != PMAP_OK)
+        return -1;
     return pmap_buf_set(param, name, strlen(name)) == PMAP_OK ? 1 : -1;
 }
 
@@ -277,7 +281,7 @@ int main(int argc, char **argv)
     bar = pmap_progress_new(stderr, "files", (uint64_t)fs.n);
     pmap_progress_set_unit(bar, "file");
     while ((rc = pmap_next(it, &item)) == PMAP_OK) {
-        const char *name = fs.names[item.index];
+        const char *name = pmap_item_user(it, &item);
         unsigned long total;
         size_t distinct;
 

@@ -43,12 +43,17 @@
  * worker is replaced (after a crash, a timeout, recycling, or an early
  * pmap_iter_free()). Data a task needs must therefore exist before
  * pmap_pool_create() and never change afterwards, or travel in the parameter
- * record. Results come back only through the task's `out` buffer.
+ * record. Results come back only through the task's `out` buffer. With
+ * pmap_options.start_method = PMAP_START_FORKSERVER, every worker, the
+ * replacements included, is forked by a server that holds the caller's
+ * memory as it was at pmap_pool_create(): one snapshot for all.
  *
  * Threads: a pool may be used from one thread at a time (any thread); pools
  * used from different threads work side by side. Forking a multi-threaded
  * program copies only the forking thread: a task must not rely on locks that
- * other caller threads might hold (the usual fork caveat).
+ * other caller threads might hold (the usual fork caveat). A host that
+ * starts threads after pmap_pool_create() should choose
+ * PMAP_START_FORKSERVER: then no worker is forked from it after that.
  *
  * Processes: "caller process only" below means the process that created the
  * pool (or the iterator). A child the host forks inherits copies of them
@@ -127,6 +132,8 @@ enum {
                           *   inside the generator on its own iterator or pool */
     PMAP_EWORKER = -11,  /**< workers cannot be started: worker_init keeps failing, or
                           *   fork does */
+    PMAP_EJOURNAL = -12, /**< the journal cannot be used: I/O error, not a journal, or
+                          *   another input (since 1.1) */
     PMAP_EAGAIN = -13    /**< pmap_try_next: nothing ready now (not an error of the map) */
 };
 
@@ -325,7 +332,23 @@ typedef struct pmap_options {
      *  a second after being told to. What it writes to stdio is flushed.
      *  NULL (the default): nothing. */
     void (*worker_exit)(void *ctx);
+    /** How workers are started (since 1.1): PMAP_START_FORK (0, the
+     *  default) forks each worker, first ones and replacements, from the
+     *  caller at that moment; PMAP_START_FORKSERVER makes
+     *  pmap_pool_create() fork one server process that forks every worker
+     *  of the pool, so the caller may start threads and take locks after
+     *  pmap_pool_create() and replacements still start cleanly, every
+     *  worker sees the caller's memory as it was at pmap_pool_create()
+     *  (also for replacements, and for worker_init), and a replacement
+     *  costs the caller no fork of its own. Everything else is the same in
+     *  both modes; the server is a child of the caller for the pool's
+     *  life, reaped by pmap_pool_destroy(), and dies with the caller. Any
+     *  other value is EINVAL at pmap_pool_create(). */
+    int start_method;
 } pmap_options;
+
+/** Values of pmap_options.start_method (since 1.1). */
+enum { PMAP_START_FORK = 0, PMAP_START_FORKSERVER = 1 };
 
 /**
  * Fill `opt` with the defaults (all zero: automatic worker count, adaptive
@@ -345,12 +368,13 @@ PMAP_API void pmap_options_init(pmap_options *opt);
  * is copied.
  *
  * Returns the pool, or NULL with errno set: EINVAL (NULL fn, negative
- * workers), ENOMEM, ECHILD (worker_init failed, or a worker died while
- * starting), or the errno of a failed system call (EAGAIN from fork, EMFILE,
- * ...). On failure no child process or descriptor is left behind.
+ * workers, unknown start_method), ENOMEM, ECHILD (worker_init failed, or a
+ * worker died while starting), or the errno of a failed system call (EAGAIN
+ * from fork, EMFILE, ...). On failure no child process or descriptor is left behind.
  *
  * `ctx` must stay valid for the life of the pool when the task or
- * worker_init reads it: replacement workers fork later and see it then.
+ * worker_init reads it: replacement workers fork later and see it then
+ * (with PMAP_START_FORKSERVER they see it as it was at this call).
  * The caller's buffered stdio is flushed before forking. May be called in
  * any process, a worker included (see "Processes" above).
  */
@@ -567,6 +591,103 @@ PMAP_API int pmap_iter_free(pmap_iter *it);
  * for NULL. Valid until pmap_iter_free(). Caller process only. Since 1.1.
  */
 PMAP_API int pmap_iter_gen_error(const pmap_iter *it);
+
+/* ------------------------------------------------------------------------ */
+/* Journal: maps that survive their caller (since 1.1)                      */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A journal is a file that keeps the items of a map, so that running the
+ * same map again (after Ctrl-C, a reboot, an OOM kill, a job's time limit)
+ * hands out the stored items instead of running their records:
+ *
+ *     pmap_journal *j = pmap_journal_open("sweep.pmj");
+ *     pmap_iter *it = pmap_imap(pool, gen, &g);
+ *     pmap_iter_journal(it, j);           // before the first pmap_next
+ *     while ((rc = pmap_next(it, &item)) == PMAP_OK)
+ *         use(&item);                     // stored or computed: the same
+ *     pmap_iter_free(it);
+ *     pmap_journal_close(j);
+ *
+ * Every item that ends PMAP_OK or PMAP_ETASK is appended to the journal
+ * (its index, status, code, result bytes and a 64-bit hash of its
+ * parameter bytes) as soon as its result is back, and written to the file
+ * before pmap_next() hands it out: a caller killed at any moment (even by
+ * SIGKILL) loses no item it was given. The data reach the disk (fdatasync)
+ * at least once a second while the map runs, when the iterator is freed,
+ * and at pmap_journal_close(), so a power loss costs about a second of
+ * results at most. PMAP_ECRASH, PMAP_ETIMEOUT, PMAP_EPROTO and the buffer
+ * statuses are not stored: those records run again next time.
+ *
+ * On a later map with the journal attached, the generator is still called
+ * for every record, in order (so whatever state it keeps is rebuilt), but
+ * a record whose index is stored is not sent to any worker: the stored
+ * item is handed out in its place, same index, status, code and bytes, in
+ * either order mode (in completion order, stored items come first, as
+ * soon as they are generated). A record whose parameter bytes hash
+ * differently from the stored entry of its index ends the map with
+ * PMAP_EJOURNAL, after the items before it: the journal belongs to
+ * another input.
+ *
+ * The file holds 32 bytes per item plus its result, appended only. It is
+ * locked (flock) while open: one process at a time. Its memory in the
+ * caller is at most 16 bytes per stored item (the results stay in the
+ * file), plus a fixed 2 MiB of buffers and up to 1 MiB of index slack.
+ * Workers never hold its descriptor or its lock. A stored result larger
+ * than the pool's max_record_bytes is handed out as PMAP_ETOOBIG.
+ */
+
+/** An open journal file. Opaque; see pmap_journal_open(). */
+typedef struct pmap_journal pmap_journal;
+
+/**
+ * Open the journal at `path`, creating it (mode 0666 before the umask) if
+ * it does not exist or is empty. An existing journal is read through: a
+ * torn or corrupt tail (the half-written last entry of a writer that
+ * died, a scribbled end) is cut off, and every entry before it kept.
+ *
+ * Returns the journal, or NULL with errno set: EINVAL (NULL path),
+ * EWOULDBLOCK (another process has it open), EBADMSG (the file is not a
+ * journal, or one of a format this version does not read; nothing is
+ * written to it), ENOMEM, or the errno of open(), read(), ftruncate() or
+ * fdatasync(). Caller process; the journal belongs to the process that
+ * opened it.
+ */
+PMAP_API pmap_journal *pmap_journal_open(const char *path);
+
+/**
+ * Write out and fdatasync what is not on disk yet, release the lock and
+ * free the journal. The same process (or another) may open the file again
+ * at once, even while pool workers run.
+ *
+ * Returns PMAP_OK; PMAP_EJOURNAL when a write or the sync failed (now or
+ * during a map: entries may be missing, they run again next time); the
+ * journal is freed in both cases. PMAP_EBUSY, and nothing done, while an
+ * iterator uses it (free the iterator first). NULL is a no-op (PMAP_OK).
+ * In a process that inherited the journal through fork(), frees that
+ * process's copy only.
+ */
+PMAP_API int pmap_journal_close(pmap_journal *j);
+
+/** Items stored in the journal (those of earlier maps and of the one
+ *  running). 0 for NULL. */
+PMAP_API uint64_t pmap_journal_count(const pmap_journal *j);
+
+/**
+ * Attach journal `j` to map `it`: stored items are replayed, new ones
+ * stored (see above). Call it before the first pmap_next() or
+ * pmap_try_next() on `it`. The journal is in use until pmap_iter_free(it),
+ * which writes and syncs it; one journal may serve several maps in turn.
+ *
+ * Returns PMAP_OK; PMAP_EINVAL (NULL argument, pmap_next() already
+ * called, another journal already attached, an iterator or journal of
+ * another process); PMAP_EBUSY (another iterator uses the journal);
+ * PMAP_EJOURNAL (a write to the journal failed earlier). While the map
+ * runs, a write that fails (disk full, I/O error) ends it with
+ * PMAP_EJOURNAL; items not yet written are not handed out. Caller process
+ * only.
+ */
+PMAP_API int pmap_iter_journal(pmap_iter *it, pmap_journal *j);
 
 /* ------------------------------------------------------------------------ */
 /* Inside an event loop (since 1.1)                                         */

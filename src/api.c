@@ -41,6 +41,11 @@ static int options_import(pmap_options *dst, const pmap_options *src, size_t siz
     return 0;
 }
 
+static int start_method_valid(int m)
+{
+    return m == PMAP_START_FORK || m == PMAP_START_FORKSERVER;
+}
+
 void pmap_options_init_sized(pmap_options *opt, size_t size)
 {
     if (opt != NULL && size >= OPTIONS_V1_SIZE)
@@ -54,8 +59,8 @@ void pmap_options_init(pmap_options *opt)
     pmap_options_init_sized(opt, OPTIONS_V1_SIZE);
 }
 
-pmap_pool *pmap__pool_new(const struct pmap__backend_ops *ops, pmap_task_fn fn, void *ctx,
-                          const pmap_options *opt, size_t opt_size, void *arg)
+pmap_pool *pmap__pool_new_at(const struct pmap__backend_ops *ops, pmap_task_fn fn, void *ctx,
+                             const pmap_options *opt, size_t opt_size, void *arg, int id_base)
 {
     struct pmap__backend_cfg cfg;
     struct pmap_pool *p;
@@ -71,7 +76,7 @@ pmap_pool *pmap__pool_new(const struct pmap__backend_ops *ops, pmap_task_fn fn, 
         return NULL;
     }
     if (options_import(&p->opt, opt, opt_size) != 0 || p->opt.workers < 0 ||
-        p->opt.workers > PMAP_WORKERS_MAX) {
+        p->opt.workers > PMAP_WORKERS_MAX || !start_method_valid(p->opt.start_method)) {
         free(p);
         errno = EINVAL;
         return NULL;
@@ -84,7 +89,7 @@ pmap_pool *pmap__pool_new(const struct pmap__backend_ops *ops, pmap_task_fn fn, 
     cfg.opt = &p->opt;
     cfg.nworkers = p->opt.workers ? p->opt.workers : pmap_cpu_count();
     cfg.max_record = p->max_record;
-    cfg.id_base = 0;
+    cfg.id_base = id_base;
     cfg.arg = arg;
     rc = ops->create(&cfg, &p->be);
     if (rc != 0) {
@@ -95,6 +100,12 @@ pmap_pool *pmap__pool_new(const struct pmap__backend_ops *ops, pmap_task_fn fn, 
     }
     p->nworkers = ops->nworkers(p->be);
     return p;
+}
+
+pmap_pool *pmap__pool_new(const struct pmap__backend_ops *ops, pmap_task_fn fn, void *ctx,
+                          const pmap_options *opt, size_t opt_size, void *arg)
+{
+    return pmap__pool_new_at(ops, fn, ctx, opt, opt_size, arg, 0);
 }
 
 pmap_pool *pmap_pool_create_sized(pmap_task_fn fn, void *ctx, const pmap_options *opt,

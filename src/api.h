@@ -33,6 +33,11 @@ struct pmap_pool {
 pmap_pool *pmap__pool_new(const struct pmap__backend_ops *ops, pmap_task_fn fn, void *ctx,
                           const pmap_options *opt, size_t opt_size, void *arg);
 
+/* pmap__pool_new whose place 0 has pmap_worker_id() id_base (the places
+ * of a serving MPI rank continue the numbering of the ranks before it). */
+pmap_pool *pmap__pool_new_at(const struct pmap__backend_ops *ops, pmap_task_fn fn, void *ctx,
+                             const pmap_options *opt, size_t opt_size, void *arg, int id_base);
+
 /* 0 when the pool can run a map in this process; PMAP_EINVAL when it is
  * NULL or was inherited by a child of the host. */
 int pmap__pool_usable(const pmap_pool *pool);

@@ -19,6 +19,7 @@
     X(PMAP_EPROTO, "a worker broke the wire protocol")                                             \
     X(PMAP_EBUSY, "busy: the pool has an open iterator, or its generator is running")              \
     X(PMAP_EWORKER, "workers cannot be started")                                                   \
+    X(PMAP_EJOURNAL, "the journal cannot be used")                                                \
     X(PMAP_EAGAIN, "nothing ready yet")
 
 const char *pmap_strerror(int status)

@@ -14,10 +14,13 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
 #ifdef __linux__
@@ -241,6 +244,29 @@ int pmap__pipe(int fds[2])
     return 0;
 }
 
+int pmap__open(const char *path, int flags, unsigned mode, int *out)
+{
+    int fd, rc = 0;
+
+    pmap__fdreg_lock();
+    do
+        fd = open(path, flags | O_CLOEXEC, (mode_t)mode);
+    while (fd < 0 && errno == EINTR);
+    if (fd >= 0)
+        fd = lift_fd(fd);
+    if (fd < 0) {
+        rc = PMAP_ESYS;
+    } else if (reg_add_locked(fd) != 0) {
+        close(fd);
+        errno = ENOMEM;
+        rc = PMAP_ENOMEM;
+    }
+    pmap__fdreg_unlock();
+    if (rc == 0)
+        *out = fd;
+    return rc;
+}
+
 void pmap__close(int *fd)
 {
     int saved = errno;
@@ -256,7 +282,6 @@ void pmap__close(int *fd)
     errno = saved;
 }
 
-#ifdef __linux__
 /* A descriptor just made (or -1 with errno) becomes libpmap's own: lifted
  * to 3 or above and registered. Runs with the registry lock held from
  * before the descriptor existed, so that no worker forked by another
@@ -275,7 +300,6 @@ static int adopt_locked(int fd, int *out)
     *out = fd;
     return 0;
 }
-#endif
 
 int pmap__memfd_open(const char *name, int *fd)
 {
@@ -556,4 +580,242 @@ void pmap__owner_init(struct pmap__owner *o)
 {
     o->fork_gen = pmap__fork_gen();
     o->pid = getpid();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Children                                                                 */
+/* ------------------------------------------------------------------------ */
+
+pid_t pmap__fork(int keep1, int keep2, int keep3, sigset_t *old)
+{
+    sigset_t all;
+    pid_t pid;
+    int saved;
+
+    /* Nothing buffered in this process's stdio may be written twice. */
+    fflush(NULL);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, old);
+    pmap__fdreg_lock();
+    pid = fork();
+    if (pid == 0) {
+        pmap__fdreg_child(keep1, keep2, keep3);
+        return 0;
+    }
+    saved = errno;
+    pmap__fdreg_unlock();
+    pthread_sigmask(SIG_SETMASK, old, NULL);
+    errno = saved;
+    return pid;
+}
+
+int pmap__parent_pidfd(pid_t parent)
+{
+#if defined(__linux__) && defined(SYS_pidfd_open)
+    long fd = syscall(SYS_pidfd_open, parent, 0);
+
+    if (fd < 0)
+        return -1;
+    /* Opened after the fork: still our parent only if we were not
+     * reparented in between. */
+    if (getppid() != parent) {
+        close((int)fd);
+        return -2;
+    }
+    if (pmap__fdreg_add((int)fd) != 0) {
+        close((int)fd);
+        return -1;
+    }
+    return (int)fd;
+#else
+    (void)parent;
+    return getppid() == parent ? -1 : -2;
+#endif
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sockets with descriptors                                                 */
+/* ------------------------------------------------------------------------ */
+
+#define MSG_FDS_MAX 2
+
+int pmap__socketpair(int fds[2])
+{
+    int sv[2], rc, type = SOCK_STREAM;
+
+#ifdef SOCK_CLOEXEC
+    type |= SOCK_CLOEXEC;
+#endif
+    pmap__fdreg_lock();
+    rc = socketpair(AF_UNIX, type, 0, sv);
+#ifndef SOCK_CLOEXEC
+    if (rc == 0 && (set_cloexec(sv[0]) != 0 || set_cloexec(sv[1]) != 0)) {
+        int saved = errno;
+
+        close(sv[0]);
+        close(sv[1]);
+        errno = saved;
+        rc = -1;
+    }
+#endif
+    if (rc != 0) {
+        pmap__fdreg_unlock();
+        return PMAP_ESYS;
+    }
+    rc = adopt_locked(sv[0], &fds[0]);
+    if (rc != 0) {
+        close(sv[1]);
+    } else {
+        rc = adopt_locked(sv[1], &fds[1]);
+        if (rc != 0) {
+            reg_remove_locked(fds[0]);
+            close(fds[0]);
+        }
+    }
+    pmap__fdreg_unlock();
+    return rc;
+}
+
+int pmap__msg_send(int sock, const void *buf, size_t len, const int *fds, int nfds)
+{
+    union {
+        struct cmsghdr h;
+        unsigned char b[CMSG_SPACE(MSG_FDS_MAX * sizeof(int))];
+    } ctl;
+    const unsigned char *p = buf;
+    size_t off = 0;
+
+    while (off < len) {
+        struct msghdr m;
+        struct iovec iov;
+        ssize_t n;
+
+        memset(&m, 0, sizeof m);
+        iov.iov_base = (void *)(p + off);
+        iov.iov_len = len - off;
+        m.msg_iov = &iov;
+        m.msg_iovlen = 1;
+        if (off == 0 && nfds > 0) {
+            struct cmsghdr *c;
+
+            memset(&ctl, 0, sizeof ctl);
+            m.msg_control = ctl.b;
+            m.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
+            c = CMSG_FIRSTHDR(&m);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+            memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
+        }
+        n = sendmsg(sock, &m, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n == 0)
+                errno = EIO;
+            return PMAP_ESYS;
+        }
+        off += (size_t)n;
+    }
+    return 0;
+}
+
+/* The descriptors of a received control message become ours (lifted,
+ * registered: the registry lock is held) up to maxfds; *bad when there
+ * were more. (A set the kernel cut short, MSG_CTRUNC, because this
+ * process had no descriptor left, is only shorter: the caller sees it in
+ * the count.) */
+static void take_fds_locked(struct msghdr *m, int *fds, int maxfds, int *nfds, int *bad)
+{
+    struct cmsghdr *c;
+
+    for (c = CMSG_FIRSTHDR(m); c != NULL; c = CMSG_NXTHDR(m, c)) {
+        size_t i, k;
+
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (i = 0; i < k; i++) {
+            int fd;
+
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+#ifndef MSG_CMSG_CLOEXEC
+            (void)set_cloexec(fd);
+#endif
+            if (*nfds >= maxfds) {
+                close(fd);
+                *bad = 1;
+            } else if (adopt_locked(fd, &fds[*nfds]) == 0) {
+                (*nfds)++;
+            } else {
+                *bad = 1;
+            }
+        }
+    }
+}
+
+int pmap__msg_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds)
+{
+    union {
+        struct cmsghdr h;
+        unsigned char b[CMSG_SPACE(MSG_FDS_MAX * sizeof(int))];
+    } ctl;
+    unsigned char *p = buf;
+    size_t off = 0;
+    int got = 0, bad = 0, flags = MSG_DONTWAIT, i;
+
+#ifdef MSG_CMSG_CLOEXEC
+    flags |= MSG_CMSG_CLOEXEC;
+#endif
+    if (maxfds > MSG_FDS_MAX)
+        maxfds = MSG_FDS_MAX;
+    while (off < len) {
+        struct pollfd pfd = {sock, POLLIN, 0};
+        struct msghdr m;
+        struct iovec iov;
+        ssize_t n;
+
+        /* Wait outside the registry lock (a fork server may take a while
+         * to answer); then receive under it, so that descriptors arrive
+         * registered before any other thread can fork a worker. */
+        if (poll(&pfd, 1, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            goto fail;
+        }
+        memset(&m, 0, sizeof m);
+        iov.iov_base = p + off;
+        iov.iov_len = len - off;
+        m.msg_iov = &iov;
+        m.msg_iovlen = 1;
+        m.msg_control = ctl.b;
+        m.msg_controllen = sizeof ctl.b;
+        pmap__fdreg_lock();
+        n = recvmsg(sock, &m, flags);
+        if (n >= 0)
+            take_fds_locked(&m, fds, maxfds, &got, &bad);
+        pmap__fdreg_unlock();
+        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+            continue;
+        if (n < 0)
+            goto fail;
+        if (n == 0) {
+            if (off == 0 && got == 0)
+                return 0;
+            errno = EPROTO;
+            goto fail;
+        }
+        off += (size_t)n;
+    }
+    if (bad) {
+        errno = EPROTO;
+        goto fail;
+    }
+    if (nfds != NULL)
+        *nfds = got;
+    return 1;
+fail:
+    for (i = 0; i < got; i++)
+        pmap__close(&fds[i]);
+    return PMAP_ESYS;
 }

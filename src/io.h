@@ -8,6 +8,7 @@
 
 #include "internal.h"
 
+#include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -16,6 +17,11 @@
 /* A pipe whose ends are close-on-exec, numbered >= 3 and registered as
  * libpmap's own (so every worker closes them). 0 or PMAP_ESYS/ENOMEM. */
 int pmap__pipe(int fds[2]);
+/* open(path, flags | O_CLOEXEC, mode) as libpmap's own descriptor:
+ * numbered >= 3 and registered under the registry lock, so no worker
+ * forked meanwhile by another thread inherits it unregistered. 0 and *fd,
+ * or PMAP_ESYS (errno from open) / PMAP_ENOMEM. */
+int pmap__open(const char *path, int flags, unsigned mode, int *fd);
 /* Unregister and close *fd (if >= 0), then set it to -1. errno preserved. */
 void pmap__close(int *fd);
 /* An epoll instance (close-on-exec) and a non-blocking, close-on-exec
@@ -103,5 +109,32 @@ void pmap__fdreg_remove(int fd);
  * close every registered descriptor except keep1, keep2 and keep3 (-1:
  * none), and leave the worker with an unlocked registry of those alone. */
 void pmap__fdreg_child(int keep1, int keep2, int keep3);
+
+/* fork() for libpmap's own children (workers, a fork server): stdio
+ * flushed first, every signal blocked across it (*old: the mask before),
+ * the registry locked so no descriptor is made half-registered meanwhile.
+ * In the child (0) every registered descriptor but keep1, keep2 and
+ * keep3 (-1: none) is closed and every signal is still blocked; in the parent (the pid, or -1
+ * with errno) the mask is back to *old. */
+pid_t pmap__fork(int keep1, int keep2, int keep3, sigset_t *old);
+
+/* A descriptor that polls readable once our parent `parent` has exited
+ * (a Linux pidfd, registered), -1 where there is none, or -2 when we have
+ * already been reparented (then `parent` itself may have been reused). */
+int pmap__parent_pidfd(pid_t parent);
+
+/* A connected pair of blocking stream sockets (AF_UNIX), close-on-exec,
+ * >= 3 and registered. 0 or PMAP_ESYS/ENOMEM. */
+int pmap__socketpair(int fds[2]);
+/* Send len bytes and nfds (<= 2) descriptors in one message, retried on
+ * EINTR and short writes; never raises SIGPIPE. 0 or PMAP_ESYS. */
+int pmap__msg_send(int sock, const void *buf, size_t len, const int *fds, int nfds);
+/* Receive exactly len bytes, waiting as long as it takes, with up to
+ * maxfds (<= 2) descriptors sent with them into fds[0 .. *nfds): made
+ * close-on-exec, >= 3 and registered; fewer than were sent when this
+ * process ran out of descriptors (the kernel drops the rest). Returns 1,
+ * 0 at EOF, or PMAP_ESYS (EPROTO: a message cut short or more
+ * descriptors than maxfds). */
+int pmap__msg_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds);
 
 #endif /* PMAP_IO_H */

@@ -18,6 +18,7 @@
 #include "buf.h"
 #include "io.h"
 #include "iter.h"
+#include "journal.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -132,6 +133,10 @@ struct pmap_iter {
     int ev_epfd;      /* pmap_iter_fd's epoll set, -1 until asked for */
     int ev_efd;       /* in it, an eventfd that holds a count exactly while !quiet */
     int ev_nofd;      /* the backend has no descriptor: pmap_iter_timeout polls */
+    /* The journal (DESIGN §9), NULL if none. */
+    struct pmap_journal *jr;
+    int begun;  /* pmap_next or pmap_try_next was called: too late to attach one */
+    int jr_hit; /* the last dispatch put stored items in place: do not wait */
     /* pmap_imap_array: the caller's array, read by array_gen. */
     const unsigned char *arr_base;
     size_t arr_size, arr_count, arr_next;
@@ -212,10 +217,23 @@ static PMAP__RARE int retry_own(struct pmap_iter *it, struct pmap__rec *r)
     r->retries++;
     r->status = PMAP_OK;
     r->code = 0;
+    /* Its next run writes a fresh result: a large block goes back to the
+     * stash now rather than wait there through the retry. */
     r->result.len = 0;
+    if (r->result.cap > it->keep)
+        shelve(it, &r->result);
     r->state = R_QUEUED;
     q_push(it, &it->retry, r);
     return 1;
+}
+
+/* A record finished for good with a journal attached: its item is stored
+ * (the parameter is still there to be hashed). */
+static PMAP__NOINLINE void store(struct pmap_iter *it, const struct pmap__rec *r)
+{
+    if (r->status == PMAP_OK || r->status == PMAP_ETASK)
+        pmap__jr_store(it->jr, r->index, r->param.data, r->param.len, r->status, r->code,
+                       r->result.data, r->result.len);
 }
 
 static inline uint64_t finish(struct pmap_iter *it, struct pmap__rec *r, uint64_t live, size_t keep,
@@ -230,6 +248,8 @@ static inline uint64_t finish(struct pmap_iter *it, struct pmap__rec *r, uint64_
         r->result.len = 0;
     }
     r->state = R_DONE;
+    if (it->jr != NULL)
+        store(it, r);
     /* A finished record never runs again: its parameter is of no use any
      * more. Letting go of it now (rather than in release) also keeps
      * delivery to the record's first cache line. */
@@ -364,11 +384,44 @@ static PMAP__RARE PMAP__NOINLINE void param_from_stash(struct pmap_iter *it, str
     (void)pmap__stash_reserve(&it->stash, b, it->big);
 }
 
-static struct pmap__rec *generate(struct pmap_iter *it)
+/* A record just generated as index `index` may be stored in the journal:
+ * 1 when its stored item is now in r->result and *st (status, code), 0
+ * when it is to run, or the status that ends the map (PMAP_EJOURNAL:
+ * another input; PMAP_ENOMEM). */
+static PMAP__NOINLINE int replay(struct pmap_iter *it, struct pmap__rec *r, uint64_t index,
+                                 int st[2])
+{
+    return pmap__jr_replay(it->jr, index, r->param.data, r->param.len, &st[0], &st[1],
+                           &r->result);
+}
+
+/* The generator's record is a stored item: the map ends there (the
+ * records before it still come out), as after a generator error. */
+static PMAP__RARE void replay_failed(struct pmap_iter *it, struct pmap__rec *r, int rc)
+{
+    r->param.len = 0;
+    r->result.len = 0;
+    if (it->fatal == 0)
+        it->fatal = rc;
+}
+
+/* A generated record was replayed: it is finished without running. */
+static void replayed(struct pmap_iter *it, struct pmap__rec *r, const int st[2])
+{
+    r->state = R_DONE;
+    r->status = st[0];
+    r->code = st[1];
+    r->param.len = 0;
+    if (r->param.cap > it->keep)
+        shelve(it, &r->param);
+    it->jr_hit = 1;
+}
+
+static struct pmap__rec *generate_one(struct pmap_iter *it)
 {
     struct pmap__rec *r;
     uint32_t slot;
-    int rc;
+    int rc, hit = 0, st[2];
 
     if (it->gen_state != G_RUNNING || it->generated - it->returned >= it->window)
         return NULL;
@@ -405,6 +458,14 @@ static struct pmap__rec *generate(struct pmap_iter *it)
         gen_end(it, rc);
         return NULL;
     }
+    if (it->jr != NULL) {
+        hit = replay(it, r, it->generated, st);
+        if (hit < 0) {
+            replay_failed(it, r, hit);
+            it->gen_state = G_FAILED;
+            return NULL;
+        }
+    }
     if (!it->ordered)
         it->free_head = r->next;
     else if (++it->gen_slot == it->window)
@@ -417,11 +478,30 @@ static struct pmap__rec *generate(struct pmap_iter *it)
     r->tries = 0;
     r->lost = 0;
     r->retries = 0;
-    r->result.len = 0;
     if (r->param.len > it->big)
         grew_big(it, r->param.len);
+    if (hit) {
+        it->live_bytes += r->result.len;
+        replayed(it, r, st);
+        if (!it->ordered)
+            q_push(it, &it->done, r);
+        return r;
+    }
+    r->result.len = 0;
     it->live_bytes += r->param.len;
     return r;
+}
+
+/* The next record to send, generating as many as the window allows:
+ * records replayed from the journal are finished at once and skipped. */
+static struct pmap__rec *generate(struct pmap_iter *it)
+{
+    for (;;) {
+        struct pmap__rec *r = generate_one(it);
+
+        if (r == NULL || r->state != R_DONE)
+            return r;
+    }
 }
 
 /* Up to `want` new records for a batch, into out[]; how many. In input
@@ -472,8 +552,10 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         want = (uint32_t)(window - (idx - returned));
     it->in_gen = 1;
     gen_iter = it;
-    while (n < want) {
+    /* Replayed records take room in the window but not in the batch. */
+    while (n < want && idx - returned < window) {
         struct pmap__rec *r = &recs[slot];
+        int hit = 0, st[2];
 
         if (live > live_max && idx > returned)
             break;
@@ -501,6 +583,16 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
             grew_big(it, r->param.len);
             big = it->big;
         }
+        if (it->jr != NULL) {
+            hit = replay(it, r, idx, st);
+            if (hit < 0) {
+                /* The map ends with the journal's error, not the generator's. */
+                replay_failed(it, r, hit);
+                it->gen_state = G_FAILED;
+                rc = -1;
+                break;
+            }
+        }
         if (++slot == window)
             slot = 0;
         r->index = idx++;
@@ -510,6 +602,11 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         r->tries = 0;
         r->lost = 0;
         r->retries = 0;
+        if (hit) {
+            live += r->result.len;
+            replayed(it, r, st);
+            continue;
+        }
         live += r->param.len;
         out[n++] = r;
     }
@@ -519,7 +616,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
     it->live_bytes = live;
     it->gen_slot = slot;
     it->fresh = fresh;
-    if (rc <= 0)
+    if (rc <= 0 && it->gen_state == G_RUNNING)
         gen_end(it, rc);
     return n;
 }
@@ -676,26 +773,87 @@ static void fail_all(struct pmap_iter *it, int rc)
     }
 }
 
+/* A write to the journal failed: the map ends with PMAP_EJOURNAL, and
+ * finished items not handed out yet are dropped, since some of them are
+ * not in the file (an item handed out always is). */
+static PMAP__RARE void journal_failed(struct pmap_iter *it)
+{
+    uint32_t i;
+
+    fail_all(it, PMAP_EJOURNAL);
+    it->done.head = it->done.tail = NONE;
+    for (i = 0; i < it->fresh; i++) {
+        struct pmap__rec *r = &it->recs[i];
+
+        if (r->state == R_DONE && r != it->held)
+            r->state = R_LOST;
+    }
+}
+
+/* After a pump: what it finished goes to the file before any of it is
+ * handed out, and to the disk once a second. 0 or PMAP_EJOURNAL. */
+static int journal_flush(struct pmap_iter *it)
+{
+    return pmap__jr_flush(it->jr) != 0 ? PMAP_EJOURNAL : 0;
+}
+
+/* The pump's wait, shortened so that the journal's sync is not late, and
+ * to nothing when stored items were just put in place. */
+static int journal_wait(struct pmap_iter *it, int timeout_ms)
+{
+    int t;
+
+    if (it->jr_hit) {
+        it->jr_hit = 0;
+        return 0;
+    }
+    t = pmap__jr_timeout_ms(it->jr);
+    if (t >= 0 && (timeout_ms < 0 || t < timeout_ms))
+        return t;
+    return timeout_ms;
+}
+
+/* True when no worker has records of this map. */
+static int none_in_flight(struct pmap_iter *it)
+{
+    int k, nw = it->ops->nworkers(it->be);
+
+    for (k = 0; k < nw; k++)
+        if (it->ops->inflight(it->be, k) != 0)
+            return 0;
+    return 1;
+}
+
 static int step(struct pmap_iter *it, int timeout_ms)
 {
-    int rc;
+    int rc, skip = 0;
 
     if (it->stopped)
         return 0;
     it->in_step = 1;
     rc = dispatch(it);
+    if (it->jr != NULL) {
+        /* Replaying with nothing out: there is nothing to read, and a
+         * poll per pump was most of the cost of a replay. */
+        skip = it->jr_hit && none_in_flight(it);
+        timeout_ms = journal_wait(it, timeout_ms);
+    }
     /* The generator may have just ended (or failed) with nothing left
      * alive: there is nothing to wait for then, and pump(-1) would block
      * forever (empty input, or an end found only after the last item). */
     if (rc == 0 && timeout_ms < 0 && it->returned == it->generated && it->retry.head == NONE &&
         it->gen_state != G_RUNNING)
         timeout_ms = 0;
-    if (rc == 0)
+    if (rc == 0 && !skip)
         rc = it->ops->pump(it->be, timeout_ms, &it->sink);
+    if (rc == 0 && it->jr != NULL)
+        rc = journal_flush(it);
     if (rc == 0 && timeout_ms != 0)
         rc = dispatch(it); /* refill at once what the pump freed */
     it->in_step = 0;
-    if (rc != 0)
+    if (rc == PMAP_EJOURNAL)
+        journal_failed(it);
+    else if (rc != 0)
         fail_all(it, rc);
     return rc;
 }
@@ -1051,6 +1209,7 @@ static PMAP__RARE int next_general(struct pmap_iter *it, pmap_item *item)
      * in registers, a slot being filled): nothing may move under it. */
     if (it->in_gen)
         return PMAP_EBUSY;
+    it->begun = 1;
     /* What pmap_next does may leave items for pmap_try_next. */
     if (it->quiet)
         evl_wake(it);
@@ -1115,6 +1274,21 @@ int pmap_next(pmap_iter *it, pmap_item *item)
     return next_general(it, item);
 }
 
+int pmap_iter_journal(pmap_iter *it, pmap_journal *j)
+{
+    int rc;
+
+    if (it == NULL || j == NULL || !pmap__is_owner(&it->owner) || it->begun || it->in_gen)
+        return PMAP_EINVAL;
+    if (it->jr != NULL)
+        return it->jr == j ? PMAP_OK : PMAP_EINVAL;
+    rc = pmap__jr_attach(j, it);
+    if (rc != 0)
+        return rc;
+    it->jr = j;
+    return PMAP_OK;
+}
+
 int pmap_iter_free(pmap_iter *it)
 {
     int rc;
@@ -1132,6 +1306,9 @@ int pmap_iter_free(pmap_iter *it)
         if (!it->stopped)
             it->ops->cancel(it->be);
         it->pool->iter = NULL;
+        /* Written and synced: the journal may be closed or reused now. */
+        if (it->jr != NULL && pmap__jr_detach(it->jr) != 0 && rc == 0)
+            rc = PMAP_EJOURNAL;
     }
     for (i = 0; i < it->fresh; i++) {
         pmap__buf_free(&it->recs[i].param);
@@ -1245,10 +1422,15 @@ static int try_round(struct pmap_iter *it, int pumped)
         it->in_step = 0;
         return 1;
     }
+    it->jr_hit = 0;
     if (rc == 0)
         rc = it->ops->pump(it->be, 0, &it->sink);
+    if (rc == 0 && it->jr != NULL)
+        rc = journal_flush(it);
     it->in_step = 0;
-    if (rc != 0)
+    if (rc == PMAP_EJOURNAL)
+        journal_failed(it);
+    else if (rc != 0)
         fail_all(it, rc);
     return 0;
 }
@@ -1303,6 +1485,7 @@ int pmap_try_next(pmap_iter *it, pmap_item *item)
         return PMAP_EINVAL;
     if (it->in_step)
         return PMAP_EBUSY;
+    it->begun = 1;
     if (it->held != NULL) {
         release(it, it->held);
         it->held = NULL;
@@ -1369,6 +1552,8 @@ int pmap_iter_fd(pmap_iter *it)
 
 int pmap_iter_timeout(pmap_iter *it)
 {
+    int t;
+
     if (it == NULL || !pmap__is_owner(&it->owner)) {
         errno = EINVAL;
         return -1;
@@ -1377,5 +1562,12 @@ int pmap_iter_timeout(pmap_iter *it)
         return 0;
     if (it->ev_nofd || it->ops->timeout == NULL)
         return EVL_POLL_MS;
-    return it->ops->timeout(it->be);
+    t = it->ops->timeout(it->be);
+    if (it->jr != NULL) {
+        int jt = pmap__jr_timeout_ms(it->jr);
+
+        if (jt >= 0 && (t < 0 || jt < t))
+            t = jt;
+    }
+    return t;
 }

@@ -20,6 +20,7 @@
 #include "backend.h"
 #include "buf.h"
 #include "io.h"
+#include "spawner.h"
 #include "wire.h"
 #include "worker.h"
 
@@ -31,7 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -95,7 +95,7 @@ struct worker {
     enum kill_reason kill;
     int ever_ready;
     int retired;
-    int reaped; /* waitpid has collected it; its status is in rcode */
+    int reaped; /* the spawner reported it gone; its status is in rcode */
     int rcode;
     uint64_t deadline_ns;
     uint64_t next_reap_ns; /* next look for an exit that no EOF announced */
@@ -121,11 +121,10 @@ struct worker {
 };
 
 struct pool {
-    /* What every worker runs with (its id and slot set per start). */
+    struct pmap__spawner *sp; /* starts, signals and reaps the workers */
+    /* The pool's own task, which every new worker starts with. */
     pmap_task_fn fn;
     void *ctx;
-    int (*init)(void *ctx);
-    void (*fini)(void *ctx);
     /* The task of the current map when it is not fn/ctx: task_gen names
      * it (0: fn/ctx), so a worker that runs another is told before its
      * next batch. */
@@ -133,11 +132,9 @@ struct pool {
     void *task_ctx;
     uint64_t task_gen, task_seq;
     unsigned timeout_ms;
-    size_t max_worker_rss;
     unsigned long max_tasks;
     size_t max_record;
     size_t arena_half; /* each worker's arena halves; 0: no arenas */
-    int id_base;
     int nworkers;
     struct worker *w;
     struct pmap__shm_slot *shm;
@@ -255,26 +252,13 @@ static int arena_make(struct pool *p, struct worker *w, int *fd)
 
 static int start_worker(struct pool *p, struct worker *w)
 {
-    struct pmap__worker_args a;
     pid_t pid;
     int tx, rx, rc, afd = -1;
 
-    memset(&a, 0, sizeof a);
-    a.fn = p->fn;
-    a.ctx = p->ctx;
-    a.init = p->init;
-    a.fini = p->fini;
-    a.task_timeout_ms = p->timeout_ms;
-    a.max_worker_rss = p->max_worker_rss;
-    a.max_record = p->max_record;
-    a.id = p->id_base + w->id;
-    a.shm = &p->shm[w->id];
     arena_drop(w);
     if (p->arena_half != 0 && arena_make(p, w, &afd) != 0)
         afd = -1;
-    a.arena_fd = afd;
-    a.arena_half = p->arena_half;
-    rc = pmap__worker_spawn(&a, &pid, &tx, &rx);
+    rc = pmap__spawner_start(p->sp, w->id, afd, &pid, &tx, &rx);
     pmap__close(&afd); /* the mappings stay */
     if (rc != 0) {
         arena_drop(w);
@@ -301,34 +285,16 @@ static int start_worker(struct pool *p, struct worker *w)
     return 0;
 }
 
-/* waitpid for exactly this child. 1: gone (status in *code, -1 if it
+/* Wait for exactly this worker. 1: gone (status in *code, -1 if it
  * could not be known), 0: still running. */
 static int reap(struct worker *w, int block, int *code)
 {
-    int st;
-    pid_t r;
-
     if (w->reaped) {
         *code = w->rcode;
         return 1;
     }
-    if (w->pid <= 0)
+    if (w->pid <= 0 || !pmap__spawner_reap(w->pool->sp, w->pid, block, code))
         return 0;
-    do {
-        r = waitpid(w->pid, &st, block ? 0 : WNOHANG);
-    } while (r < 0 && errno == EINTR);
-    if (r == 0)
-        return 0;
-    if (r < 0) {
-        /* ECHILD: reaped behind our back (SIGCHLD ignored by the host). */
-        *code = -1;
-    } else if (WIFSIGNALED(st)) {
-        *code = WTERMSIG(st);
-    } else if (WIFEXITED(st)) {
-        *code = WEXITSTATUS(st);
-    } else {
-        return 0; /* stopped or continued: not gone */
-    }
     w->reaped = 1;
     w->rcode = *code;
     return 1;
@@ -336,9 +302,10 @@ static int reap(struct worker *w, int block, int *code)
 
 static void signal_worker(struct worker *w, int sig)
 {
-    /* Only while it is our unreaped child: its pid cannot be reused yet. */
+    /* Only while the spawner has not reported it gone: until then its pid
+     * cannot have been reused. */
     if (w->pid > 0 && !w->reaped)
-        (void)kill(w->pid, sig);
+        pmap__spawner_kill(w->pool->sp, w->pid, sig);
 }
 
 static void tx_clear(struct worker *w)
@@ -1403,6 +1370,7 @@ static void pool_free(struct pool *p)
         }
     }
     pmap__close(&p->ep);
+    pmap__spawner_release(p->sp);
     if (p->shm != NULL && p->shm != MAP_FAILED)
         munmap(p->shm, p->shm_len);
     free(p->w);
@@ -1525,6 +1493,7 @@ static int wait_ready(struct pool *p)
 
 static int be_create(const struct pmap__backend_cfg *cfg, void **out)
 {
+    struct pmap__worker_args a;
     struct pool *p;
     int i, rc, saved;
 
@@ -1535,14 +1504,13 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
     }
     p->fn = cfg->fn;
     p->ctx = cfg->ctx;
-    p->init = cfg->opt->worker_init;
-    p->fini = cfg->opt->worker_exit;
     p->timeout_ms = cfg->opt->task_timeout_ms;
-    p->max_worker_rss = cfg->opt->max_worker_rss;
     p->max_tasks = cfg->opt->max_tasks_per_worker;
     p->max_record = cfg->max_record;
-    p->arena_half = pmap__arena_half(p->max_record);
-    p->id_base = cfg->id_base;
+    /* Arenas only where the caller forks the workers itself: a fork
+     * server would have to receive each memfd over its socket first (the
+     * hook is pmap__worker_args.arena_fd), so its workers use the pipes. */
+    p->arena_half = cfg->opt->start_method == PMAP_START_FORK ? pmap__arena_half(p->max_record) : 0;
     p->nworkers = cfg->nworkers;
     p->ep = -1;
     p->w = calloc((size_t)p->nworkers, sizeof *p->w);
@@ -1566,6 +1534,27 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
         pmap__buf_init(&w->txbuf, SIZE_MAX);
         place_reset(w);
     }
+    memset(&a, 0, sizeof a);
+    a.fn = cfg->fn;
+    a.ctx = cfg->ctx;
+    a.init = cfg->opt->worker_init;
+    a.fini = cfg->opt->worker_exit;
+    a.task_timeout_ms = cfg->opt->task_timeout_ms;
+    a.max_worker_rss = cfg->opt->max_worker_rss;
+    a.max_record = cfg->max_record;
+    a.id = cfg->id_base;
+    a.shm = p->shm;
+    a.arena_fd = -1;
+    a.arena_half = p->arena_half;
+    /* In server mode this forks the server, after the slots are mapped
+     * (shared with every worker it forks) and before any worker. */
+    rc = pmap__spawner_new(&p->sp, cfg->opt->start_method, &a, p->nworkers);
+    if (rc != 0) {
+        saved = errno;
+        pool_free(p);
+        errno = saved;
+        return rc;
+    }
     for (i = 0, rc = 0; i < p->nworkers && rc == 0; i++) {
         rc = start_worker(p, &p->w[i]);
         if (rc == PMAP_ENOMEM)
@@ -1576,6 +1565,8 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
     if (rc != 0) {
         saved = errno;
         stop_workers(p);
+        pmap__spawner_free(p->sp);
+        p->sp = NULL;
         pool_free(p);
         errno = saved;
         return rc;
@@ -1587,8 +1578,12 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
 
 static void be_destroy(void *be)
 {
-    stop_workers(be);
-    pool_free(be);
+    struct pool *p = be;
+
+    stop_workers(p);
+    pmap__spawner_free(p->sp);
+    p->sp = NULL;
+    pool_free(p);
 }
 
 static void be_release(void *be)

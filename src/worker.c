@@ -572,30 +572,15 @@ static const struct pmap__decoder_ops w_ops = {w_frame, w_record, w_record_end, 
 static pid_t watchdog_parent;
 static int watchdog_pidfd = -1;
 
-/* A descriptor that polls readable once process `pid` has exited (Linux
- * >= 5.3), or -1. */
+/* A descriptor that polls readable once process `pid` (our parent) has
+ * exited, or -1; exits at once when it is already gone. */
 static int parent_pidfd(pid_t pid)
 {
-#if defined(__linux__) && defined(SYS_pidfd_open)
-    long fd = syscall(SYS_pidfd_open, pid, 0);
+    int fd = pmap__parent_pidfd(pid);
 
-    if (fd < 0)
-        return -1;
-    /* Opened after the fork: still our parent only if we were not
-     * reparented in between (then `pid` itself may have been reused). */
-    if (getppid() != pid) {
-        close((int)fd);
+    if (fd == -2)
         _exit(PMAP__EXIT_ORPHAN);
-    }
-    if (pmap__fdreg_add((int)fd) != 0) {
-        close((int)fd);
-        return -1;
-    }
-    return (int)fd;
-#else
-    (void)pid;
-    return -1;
-#endif
+    return fd;
 }
 
 #if defined(__linux__) && defined(SYS_membarrier)
@@ -734,7 +719,7 @@ static int w_wakefd(void)
 #endif
 }
 
-static void w_signals(void)
+void pmap__child_signals(void)
 {
     int sig;
 
@@ -775,7 +760,15 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
     pthread_attr_t attr;
 
     worker_id_value = a->id;
-    w_signals();
+    pmap__child_signals();
+    if (a->sigchld_ignored) {
+        struct sigaction sa;
+
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = SIG_IGN;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGCHLD, &sa, NULL);
+    }
     memset(&c, 0, sizeof c);
     c.a = a;
     c.fn = a->fn;
@@ -882,7 +875,7 @@ static int make_pipes(int tp[2], int rp[2])
 int pmap__worker_spawn(const struct pmap__worker_args *a, pid_t *pid_out, int *tx, int *rx)
 {
     int tp[2] = {-1, -1}, rp[2] = {-1, -1};
-    sigset_t all, old;
+    sigset_t old;
     pid_t pid, parent = getpid();
     int rc, saved;
 
@@ -893,19 +886,10 @@ int pmap__worker_spawn(const struct pmap__worker_args *a, pid_t *pid_out, int *t
     atomic_store(&a->shm->start_ns, 0);
     atomic_store(&a->shm->consumed, 0);
 
-    /* Nothing buffered in this process's stdio may be written twice. */
-    fflush(NULL);
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pmap__fdreg_lock();
-    pid = fork();
-    if (pid == 0) {
-        pmap__fdreg_child(tp[0], rp[1], a->arena_fd);
+    pid = pmap__fork(tp[0], rp[1], a->arena_fd, &old);
+    if (pid == 0)
         w_main(a, tp[0], rp[1], parent, &old);
-    }
     saved = errno;
-    pmap__fdreg_unlock();
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     pmap__close(&tp[0]);
     pmap__close(&rp[1]);
     if (pid < 0) {

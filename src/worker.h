@@ -38,10 +38,13 @@ struct pmap__worker_args {
     size_t max_record;
     int id;                     /* what pmap_worker_id() returns in it */
     struct pmap__shm_slot *shm; /* its slot */
+    /* Ignore SIGCHLD in the worker: the host did, but the fork server that
+     * forks it cannot (it must collect exit statuses). */
+    int sigchld_ignored;
     /* Its arena (arena.h): a memfd of two halves of arena_half bytes that
      * the worker maps and closes, or -1: records travel through the pipes
-     * only. A starter that cannot make one before the fork (a fork server
-     * that has not received one) passes -1. */
+     * only. A starter that cannot make one before the fork (a fork server,
+     * which has no way yet to receive one from the caller) passes -1. */
     int arena_fd;
     size_t arena_half;
 };
@@ -60,5 +63,10 @@ struct pmap__worker_args {
  * process watches this one: it exits when this process is gone.
  */
 int pmap__worker_spawn(const struct pmap__worker_args *a, pid_t *pid, int *tx, int *rx);
+
+/* In a new child of libpmap's (a worker, a fork server): host signal
+ * handlers reset to the default action, ignored signals kept ignored,
+ * SIGINT ignored (Ctrl-C is the host's decision). */
+void pmap__child_signals(void);
 
 #endif /* PMAP_WORKER_H */

@@ -411,11 +411,17 @@ static inline int fo_ok(const struct fo_got *g, uint64_t index)
            g->res.value == fo_echo_value(index);
 }
 
+/* PMAP_TEST_START_METHOD=forkserver runs the suites that build their
+ * options here with the fork server (DESIGN §8), by hand or in CI. */
 static inline void fo_opts(pmap_options *opt, int workers, unsigned chunk)
 {
+    const char *m = getenv("PMAP_TEST_START_METHOD");
+
     pmap_options_init(opt);
     opt->workers = workers;
     opt->chunk = chunk;
+    if (m != NULL && strcmp(m, "forkserver") == 0)
+        opt->start_method = PMAP_START_FORKSERVER;
 }
 
 static inline pmap_pool *fo_pool(const pmap_options *opt)

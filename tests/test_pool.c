@@ -1548,6 +1548,15 @@ static void test_bad_arguments(void **state)
     errno = 0;
     assert_null(pmap_pool_create(cmd_task, NULL, &opt));
     assert_int_equal(errno, EINVAL);
+    opt.workers = 1;
+    opt.start_method = -1;
+    errno = 0;
+    assert_null(pmap_pool_create(cmd_task, NULL, &opt));
+    assert_int_equal(errno, EINVAL);
+    opt.start_method = PMAP_START_FORKSERVER + 1;
+    errno = 0;
+    assert_null(pmap_pool_create(cmd_task, NULL, &opt));
+    assert_int_equal(errno, EINVAL);
     tu_snap_check(&snap); /* nothing forked */
 
     cmd_gen_init(&g, 10, NULL, 0);
