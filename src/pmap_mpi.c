@@ -821,8 +821,13 @@ static struct srec *srec_get(struct server *S)
 
 static void srec_put(struct server *S, struct srec *s)
 {
-    core()->buf_trim(&s->r.param, KEEP_BYTES);
-    core()->buf_trim(&s->r.result, KEEP_BYTES);
+    /* The common case, tiny records: nothing to give back, no call (cap
+     * 0 is a failed buffer, which the trim clears). */
+    if (s->r.param.cap > KEEP_BYTES || s->r.param.cap == 0)
+        core()->buf_trim(&s->r.param, KEEP_BYTES);
+    if (s->r.result.cap > KEEP_BYTES || s->r.result.cap == 0)
+        core()->buf_trim(&s->r.result, KEEP_BYTES);
+    s->r.param.len = s->r.result.len = 0;
     s->next = S->free_recs;
     S->free_recs = s;
 }
