@@ -83,9 +83,12 @@ struct wire_fatal {
     int32_t err;
 };
 
+static const struct pmap__unit *core_table;
+
+/* The core's internals (set at the first pool creation, before any use). */
 static const struct pmap__unit *core(void)
 {
-    return pmap_unit_internals();
+    return core_table;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -278,6 +281,10 @@ struct root {
     struct bytes in;
     /* A rank's backend failed: returned by the next pump. */
     int fatal, fatal_errno;
+    /* Running means of a record's task time and of a batch's records,
+     * and the queue depth they give (see root_inflight). */
+    double rec_us, batch_recs;
+    uint32_t depth;
     const struct pmap__sink *sink;
 };
 
@@ -347,6 +354,7 @@ static int root_create(const struct pmap__backend_cfg *cfg, void **out)
         return PMAP_ESYS;
     }
     R->max_record = cfg->max_record;
+    R->depth = 1;
     for (r = 0; r < R->nranks; r++)
         R->nplaces += S->workers[r];
     R->place_rank = calloc((size_t)R->nplaces, sizeof *R->place_rank);
@@ -453,9 +461,37 @@ static uint32_t root_room(void *be, int w)
     return UINT32_MAX;
 }
 
+/*
+ * A batch takes a round trip through two processes that sleep between
+ * probes before its place hears of it; with the iterator's usual queue of
+ * two batches per place, workers running ~1 ms tasks sat idle half of the
+ * time waiting for the next. So a place's records count 1/depth each here
+ * (rounded up: a place with any is never taken for idle), and the
+ * iterator keeps `depth` times its usual queue on every place, where depth
+ * covers COVER_US of the place's work beyond that queue, from the task
+ * times the ranks report and the batch sizes sent: many for tiny records,
+ * 1 for tasks long enough that a deeper queue would only lengthen the
+ * map's tail.
+ */
+#define COVER_US 4000.0
+#define DEPTH_MAX 16u
+
+static void root_redepth(struct root *R)
+{
+    double batch_us = R->rec_us * R->batch_recs, d;
+
+    if (batch_us <= 0.0)
+        return;
+    d = 1.0 + COVER_US / batch_us;
+    R->depth = d >= DEPTH_MAX ? DEPTH_MAX : (uint32_t)d;
+}
+
 static uint32_t root_inflight(void *be, int w)
 {
-    return ((struct root *)be)->inflight[w];
+    const struct root *R = be;
+    uint32_t n = R->inflight[w];
+
+    return n / R->depth + (n % R->depth != 0);
 }
 
 /* Send recs[0..n) to place w as one message (the caller keeps it under
@@ -514,6 +550,7 @@ static int root_submit(void *be, int w, struct pmap__rec **recs, uint32_t n)
     size_t bytes = sizeof(struct wire_batch);
     int rc;
 
+    R->batch_recs = R->batch_recs == 0.0 ? n : 0.9 * R->batch_recs + 0.1 * n;
     for (i = 0; i < n; i++) {
         size_t one = sizeof(struct wire_param) + recs[i]->param.len;
 
@@ -584,9 +621,15 @@ static int root_results(struct root *R, const struct pmap__sink *sink)
         p += h.len;
         sink->done(sink->it, r);
     }
-    if (m.timed > 0 && sink->timing != NULL)
-        sink->timing(sink->it, m.timed,
-                     m.task_us > UINT32_MAX ? UINT32_MAX : (uint32_t)m.task_us);
+    if (m.timed > 0) {
+        double us = (double)m.task_us / m.timed;
+
+        R->rec_us = R->rec_us == 0.0 ? us : 0.8 * R->rec_us + 0.2 * us;
+        root_redepth(R);
+        if (sink->timing != NULL)
+            sink->timing(sink->it, m.timed,
+                         m.task_us > UINT32_MAX ? UINT32_MAX : (uint32_t)m.task_us);
+    }
     return 0;
 }
 
@@ -778,8 +821,13 @@ static struct srec *srec_get(struct server *S)
 
 static void srec_put(struct server *S, struct srec *s)
 {
-    core()->buf_trim(&s->r.param, KEEP_BYTES);
-    core()->buf_trim(&s->r.result, KEEP_BYTES);
+    /* The common case, tiny records: nothing to give back, no call (cap
+     * 0 is a failed buffer, which the trim clears). */
+    if (s->r.param.cap > KEEP_BYTES || s->r.param.cap == 0)
+        core()->buf_trim(&s->r.param, KEEP_BYTES);
+    if (s->r.result.cap > KEEP_BYTES || s->r.result.cap == 0)
+        core()->buf_trim(&s->r.result, KEEP_BYTES);
+    s->r.param.len = s->r.result.len = 0;
     s->next = S->free_recs;
     S->free_recs = s;
 }
@@ -1168,6 +1216,7 @@ pmap_pool *pmap_mpi_pool_create_sized(MPI_Comm comm, int root, pmap_task_fn fn, 
     pmap_pool *pool = NULL;
     struct root_setup setup;
 
+    core_table = pmap_unit_internals();
     if (core()->size < sizeof(struct pmap__unit)) {
         errno = ENOSYS;
         return NULL;
