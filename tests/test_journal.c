@@ -865,7 +865,12 @@ static void test_reader_table(void **state)
 
     (void)state;
     fresh_path("table.pmj");
-    (void)snprintf(copy, sizeof copy, "%s/table-copy.pmj", dir);
+    /* Hundreds of opens and closes, each with its fdatasync: on a memory
+     * file system where there is one (the reader is the same there). */
+    if (access("/dev/shm", W_OK) == 0)
+        (void)snprintf(copy, sizeof copy, "/dev/shm/pmap-table-%ld.pmj", (long)getpid());
+    else
+        (void)snprintf(copy, sizeof copy, "%s/table-copy.pmj", dir);
     tu_snap_take(&snap);
     pool = make_pool(0);
     sh->mode = M_PLAIN;

@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -173,6 +174,68 @@ static void test_user_values_unordered(void **state)
     run_user_values(0, 8);
     run_user_values(0, 0);
 }
+
+#ifdef __linux__
+/* Items of pmap_try_next are keys as well as those of pmap_next. */
+static void test_user_values_try_next(void **state)
+{
+    struct tu_snap snap;
+    struct user_gen g;
+    pmap_options opt;
+    pmap_pool *pool;
+    pmap_iter *it;
+    pmap_item item;
+    uint64_t got = 0, i;
+    int rc, fd;
+
+    (void)state;
+    tu_snap_take(&snap);
+    memset(&g, 0, sizeof g);
+    g.n = 500;
+    g.next = 100; /* past the records that fail */
+    g.names = calloc(g.n, sizeof *g.names);
+    assert_non_null(g.names);
+    for (i = 0; i < g.n; i++)
+        g.names[i].index = i;
+    pmap_options_init(&opt);
+    opt.workers = 2;
+    opt.window = 16;
+    pool = pmap_pool_create(user_task, NULL, &opt);
+    assert_non_null(pool);
+    it = pmap_imap_unordered(pool, user_gen, &g);
+    assert_non_null(it);
+    fd = pmap_iter_fd(it);
+    assert_true(fd >= 0);
+    for (;;) {
+        struct pollfd p = {fd, POLLIN, 0};
+        int n = poll(&p, 1, pmap_iter_timeout(it));
+
+        assert_true(n >= 0 || errno == EINTR);
+        while ((rc = pmap_try_next(it, &item)) == PMAP_OK) {
+            struct name *nm = pmap_item_user(it, &item);
+            uint64_t v;
+
+            assert_int_equal(item.status, PMAP_OK);
+            memcpy(&v, item.data, sizeof v);
+            if (v % 7 == 0) {
+                assert_null(nm);
+            } else {
+                assert_non_null(nm);
+                assert_int_equal(nm->index, v);
+            }
+            got++;
+        }
+        if (rc != PMAP_EAGAIN)
+            break;
+    }
+    assert_int_equal(rc, PMAP_DONE);
+    assert_int_equal(got, 400);
+    assert_int_equal(pmap_iter_free(it), PMAP_OK);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    free(g.names);
+    tu_snap_check(&snap);
+}
+#endif
 
 /* The task tries the call on its own buffers: refused, nothing written. */
 static int misuse_task(void *ctx, const void *param, size_t len, pmap_buf *out)
@@ -625,8 +688,8 @@ static void test_worker_exit_retired(void **state)
 }
 
 /* Without the hook set nothing changes; with it, a pool that never ran a
- * map still runs it once per worker at destroy. */
-static void test_worker_exit_at_destroy(void **state)
+ * map still runs it once per worker at destroy, whoever forked them. */
+static void run_worker_exit_at_destroy(int start_method)
 {
     struct tu_snap snap;
     struct hook_ctx h;
@@ -636,7 +699,6 @@ static void test_worker_exit_at_destroy(void **state)
     int fds[2], ids = 0;
     size_t n, i;
 
-    (void)state;
     tu_snap_take(&snap);
     assert_int_equal(pipe(fds), 0);
     assert_int_equal(fcntl(fds[0], F_SETFL, O_NONBLOCK), 0);
@@ -646,6 +708,7 @@ static void test_worker_exit_at_destroy(void **state)
     pmap_options_init(&opt);
     assert_null(opt.worker_exit);
     opt.workers = 3;
+    opt.start_method = start_method;
     opt.worker_exit = hook_exit;
     pool = pmap_pool_create(hook_task, &h, &opt);
     assert_non_null(pool);
@@ -661,6 +724,13 @@ static void test_worker_exit_at_destroy(void **state)
     assert_int_equal(close(fds[0]), 0);
     assert_int_equal(close(fds[1]), 0);
     tu_snap_check(&snap);
+}
+
+static void test_worker_exit_at_destroy(void **state)
+{
+    (void)state;
+    run_worker_exit_at_destroy(PMAP_START_FORK);
+    run_worker_exit_at_destroy(PMAP_START_FORKSERVER);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -741,7 +811,7 @@ static void check_task_map(pmap_iter *it, int ordered, uint64_t mul, uint64_t ad
     assert_int_equal(pmap_iter_free(it), PMAP_OK);
 }
 
-static void test_task_per_map(void **state)
+static void run_task_per_map(int start_method)
 {
     struct tu_snap snap;
     struct tu_range r;
@@ -751,10 +821,10 @@ static void test_task_per_map(void **state)
     int st[N_TASK];
     size_t i;
 
-    (void)state;
     tu_snap_take(&snap);
     pmap_options_init(&opt);
     opt.workers = 2;
+    opt.start_method = start_method;
     /* Long enough for the caller to see the kill of record 5 as a crash
      * first even when it is slow (valgrind, a loaded machine): a time
      * limit that expires before the caller reaps the worker wins. */
@@ -801,6 +871,19 @@ static void test_task_per_map(void **state)
     tu_snap_check(&snap);
 }
 
+static void test_task_per_map(void **state)
+{
+    (void)state;
+    run_task_per_map(PMAP_START_FORK);
+}
+
+/* Workers forked by the fork server share the caller's image as well. */
+static void test_task_per_map_forkserver(void **state)
+{
+    (void)state;
+    run_task_per_map(PMAP_START_FORKSERVER);
+}
+
 int main(void)
 {
     const char *pre = getenv("LD_PRELOAD");
@@ -808,12 +891,16 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_user_values_ordered),
         cmocka_unit_test(test_user_values_unordered),
+#ifdef __linux__
+        cmocka_unit_test(test_user_values_try_next),
+#endif
         cmocka_unit_test(test_user_value_misuse),
         cmocka_unit_test(test_gen_error_value),
         cmocka_unit_test(test_worker_exit_once),
         cmocka_unit_test(test_worker_exit_retired),
         cmocka_unit_test(test_worker_exit_at_destroy),
         cmocka_unit_test(test_task_per_map),
+        cmocka_unit_test(test_task_per_map_forkserver),
     };
 
     under_valgrind = pre != NULL && strstr(pre, "vgpreload") != NULL;

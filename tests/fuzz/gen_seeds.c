@@ -107,6 +107,22 @@ int main(int argc, char **argv)
     records(PMAP__K_TASKS, 4, 2, lens + 2, NULL);
     rc |= save(argv[1], "tasks");
 
+    start(4, 3); /* a task switch between two batches (pmap_imap_task) */
+    records(PMAP__K_TASKS, 0, 2, lens, NULL);
+    {
+        struct pmap__frame f;
+        unsigned char h[PMAP__HDR_SIZE], t[PMAP__TRL_SIZE];
+
+        pmap__frame_use(&f, NULL, &rc);
+        f.bytes = 0x00005555deadbeefu; /* a task pointer's bits */
+        pmap__frame_hdr(h, &f);
+        pmap__frame_trl(t, &f);
+        put(h, sizeof h);
+        put(t, sizeof t);
+    }
+    records(PMAP__K_TASKS, 2, 2, lens + 2, NULL);
+    rc |= save(argv[1], "task_switch");
+
     start(2, 4); /* limit 7: the 16-byte record is over it */
     records(PMAP__K_RESULTS, 0, 3, lens, NULL);
     rc |= save(argv[1], "over_limit");
