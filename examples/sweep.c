@@ -207,8 +207,7 @@ int main(int argc, char **argv)
     if (frc != PMAP_OK) {
         fprintf(stderr, "sweep failed: %s\n", pmap_strerror(frc));
         if (frc == PMAP_EJOURNAL)
-            fprintf(stderr, "(%s belongs to another sweep, or cannot be written)\n",
-                    journal_path);
+            fprintf(stderr, "(%s belongs to another sweep, or cannot be written)\n", journal_path);
         free(counts);
         return 1;
     }

@@ -41,6 +41,12 @@ extern "C" {
  * With a communicator of one rank the root runs opt->workers local
  * workers itself, exactly as pmap_pool_create().
  *
+ * The serving ranks stay inside this call until the root destroys its
+ * pool, so a communicator carries one such pool at a time: create the
+ * next one after pmap_pool_destroy() (every rank then calls this again).
+ * A map with a task of its own (pmap_imap_task) is refused with EINVAL on
+ * such a pool: no function pointer is ever sent to another rank.
+ *
  * Every rank returns only once all of them have agreed: if any rank cannot
  * start its workers, every rank returns NULL with the same errno (e.g.
  * ECHILD when worker_init fails). The library communicates on a duplicate

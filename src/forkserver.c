@@ -18,12 +18,17 @@
  * relayed the bytes would cost every record two more copies and a context
  * switch.)
  *
- * Requests come from the caller's one thread at a time, each answered
- * before the next is sent (KILL and QUIT have no answer):
- *   SPAWN slot      -> err, pid, and the worker's tx and rx descriptors
- *   WAIT  pid block -> gone, code (signal number or exit status)
+ * Requests come from the caller's one thread at a time:
+ *   SPAWN slot -> err, pid, and the worker's tx and rx descriptors
  *   KILL  pid sig
- *   QUIT            (the server kills and reaps what it has left, exits)
+ *   QUIT       (the server kills and reaps what it has left, exits)
+ * and the server tells of every exit, unasked, as soon as it has reaped
+ * the worker (a pidfd per worker wakes it; without pidfds it looks every
+ * EXIT_POLL_MS):
+ *   EXIT  pid code (signal number or exit status)
+ * The caller keeps those notes until pool.c asks about the pid, and polls
+ * the socket with the pipes, so that waiting for an exit costs it no
+ * wakeups and no round trip.
  *
  * Pid reuse: only the server can reap its workers, so only the server can
  * signal them safely. It keeps the pids it has forked and not yet reaped,
@@ -54,12 +59,14 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Without a pidfd, how often the server looks at getppid(). */
+/* Without a pidfd, how often the server looks at getppid(), and at its
+ * workers' exits. */
 #define WATCH_MS 100
+#define EXIT_POLL_MS 2
 /* At stop: how long the server may take to exit before SIGKILL. */
 #define QUIT_WAIT_MS 2000
 
-enum { OP_SPAWN = 1, OP_WAIT, OP_KILL, OP_QUIT };
+enum { OP_SPAWN = 1, OP_EXIT, OP_KILL, OP_QUIT };
 
 /* Requests and answers alike: op, then two arguments or results. */
 struct fs_msg {
@@ -73,20 +80,26 @@ struct fs_msg {
 /* The server process                                                       */
 /* ------------------------------------------------------------------------ */
 
+struct child {
+    pid_t pid;
+    int pidfd; /* -1: none, look with WNOHANG */
+};
+
 struct srv {
     struct pmap__spawner *sp; /* fork mode, this process's copy */
     int nslots;
     int sock;
-    pid_t *pids; /* forked and not yet reaped */
-    size_t npids, cap;
+    struct child *kids; /* forked and not yet reaped */
+    size_t nkids, cap;
+    struct pollfd *pfd; /* cap + 2 */
 };
 
 static long srv_find(const struct srv *s, pid_t pid)
 {
     size_t i;
 
-    for (i = 0; i < s->npids; i++)
-        if (s->pids[i] == pid)
+    for (i = 0; i < s->nkids; i++)
+        if (s->kids[i].pid == pid)
             return (long)i;
     return -1;
 }
@@ -98,17 +111,38 @@ static _Noreturn void srv_exit(struct srv *s)
     size_t i;
     int code;
 
-    for (i = 0; i < s->npids; i++)
-        (void)kill(s->pids[i], SIGKILL);
-    for (i = 0; i < s->npids; i++)
-        (void)pmap__wait_pid(s->pids[i], 1, &code);
+    for (i = 0; i < s->nkids; i++)
+        (void)kill(s->kids[i].pid, SIGKILL);
+    for (i = 0; i < s->nkids; i++)
+        (void)pmap__wait_pid(s->kids[i].pid, 1, &code);
     _exit(0);
 }
 
-static void srv_answer(struct srv *s, struct fs_msg *r, const int *fds, int nfds)
+static void srv_send(struct srv *s, struct fs_msg *r, const int *fds, int nfds)
 {
     if (pmap__msg_send(s->sock, r, sizeof *r, fds, nfds) != 0)
         srv_exit(s); /* the caller is gone */
+}
+
+/* Room for one more child (and its pollfd). 0 or ENOMEM. */
+static int srv_room(struct srv *s)
+{
+    size_t cap = s->cap ? 2 * s->cap : (size_t)s->nslots + 1u;
+    struct child *k;
+    struct pollfd *p;
+
+    if (s->nkids < s->cap)
+        return 0;
+    k = realloc(s->kids, cap * sizeof *k);
+    if (k == NULL)
+        return ENOMEM;
+    s->kids = k;
+    p = realloc(s->pfd, (cap + 2) * sizeof *p);
+    if (p == NULL)
+        return ENOMEM;
+    s->pfd = p;
+    s->cap = cap;
+    return 0;
 }
 
 static void srv_spawn(struct srv *s, const struct fs_msg *m)
@@ -117,50 +151,41 @@ static void srv_spawn(struct srv *s, const struct fs_msg *m)
     int fds[2] = {-1, -1};
     pid_t pid;
 
-    if (m->a < 0 || m->a >= s->nslots) {
+    if (m->a < 0 || m->a >= s->nslots)
         r.a = EINVAL;
-    } else if (s->npids == s->cap) {
-        size_t cap = s->cap ? 2 * s->cap : (size_t)s->nslots;
-        pid_t *p = realloc(s->pids, cap * sizeof *p);
-
-        if (p == NULL) {
-            r.a = ENOMEM;
-        } else {
-            s->pids = p;
-            s->cap = cap;
-        }
-    }
+    else
+        r.a = srv_room(s);
     if (r.a == 0) {
         errno = 0;
         if (pmap__spawner_start(s->sp, m->a, &pid, &fds[0], &fds[1]) != 0) {
             r.a = errno ? errno : EIO;
         } else {
-            s->pids[s->npids++] = pid;
+            s->kids[s->nkids].pid = pid;
+            s->kids[s->nkids].pidfd = pmap__pidfd_open(pid);
+            s->nkids++;
             r.b = (int32_t)pid;
         }
     }
-    srv_answer(s, &r, fds, r.a == 0 ? 2 : 0);
+    srv_send(s, &r, fds, r.a == 0 ? 2 : 0);
     /* The worker holds its own ends; the caller now holds these. */
     pmap__close(&fds[0]);
     pmap__close(&fds[1]);
 }
 
-static void srv_wait(struct srv *s, const struct fs_msg *m)
+/* Reap child i if it is gone, and tell the caller. 1 if it was. */
+static int srv_reap(struct srv *s, size_t i)
 {
-    struct fs_msg r = {OP_WAIT, 1, -1, 0};
-    long i = srv_find(s, (pid_t)m->a);
+    struct fs_msg r = {OP_EXIT, 0, 0, 0};
     int code;
 
-    /* A pid not in the set was reaped before, or never ours: gone. */
-    if (i >= 0) {
-        if (pmap__wait_pid((pid_t)m->a, m->b, &code)) {
-            r.b = code;
-            s->pids[i] = s->pids[--s->npids];
-        } else {
-            r.a = 0;
-        }
-    }
-    srv_answer(s, &r, NULL, 0);
+    if (!pmap__wait_pid(s->kids[i].pid, 0, &code))
+        return 0;
+    r.a = (int32_t)s->kids[i].pid;
+    r.b = code;
+    pmap__close(&s->kids[i].pidfd);
+    s->kids[i] = s->kids[--s->nkids];
+    srv_send(s, &r, NULL, 0);
+    return 1;
 }
 
 /* SIGCHLD ignored by the host would make the kernel reap the workers at
@@ -201,25 +226,39 @@ static _Noreturn void srv_main(struct pmap__spawner *sp, int nslots, int sock, p
     if (pidfd == -2)
         srv_exit(&s);
     pthread_sigmask(SIG_SETMASK, mask, NULL);
+    if (srv_room(&s) != 0)
+        srv_exit(&s);
     for (;;) {
-        struct pollfd pfd[2] = {{sock, POLLIN, 0}, {pidfd, POLLIN, 0}};
         struct fs_msg m;
-        int rc = poll(pfd, pidfd >= 0 ? 2 : 1, pidfd >= 0 ? -1 : WATCH_MS);
+        size_t i, n = 0;
+        int rc, timeout = pidfd >= 0 ? -1 : WATCH_MS;
 
+        s.pfd[n++] = (struct pollfd){sock, POLLIN, 0};
+        s.pfd[n++] = (struct pollfd){pidfd, POLLIN, 0};
+        for (i = 0; i < s.nkids; i++) {
+            s.pfd[n++] = (struct pollfd){s.kids[i].pidfd, POLLIN, 0};
+            if (s.kids[i].pidfd < 0)
+                timeout = EXIT_POLL_MS;
+        }
+        /* (Entries of -1 are ignored by poll.) */
+        rc = poll(s.pfd, (nfds_t)n, timeout);
         if (rc < 0 && errno != EINTR)
             srv_exit(&s);
-        if (getppid() != caller || (pidfd >= 0 && pfd[1].revents != 0))
+        if (getppid() != caller || (pidfd >= 0 && s.pfd[1].revents != 0))
             srv_exit(&s);
-        if (rc <= 0 || pfd[0].revents == 0)
+        /* Exits first, so that a KILL below never meets a reaped pid. The
+         * pollfds are by index of before; a reaped child's place is taken
+         * by the last one, so walk from the end. */
+        for (i = s.nkids; i-- > 0;)
+            if (s.kids[i].pidfd < 0 || s.pfd[2 + i].revents != 0)
+                (void)srv_reap(&s, i);
+        if (rc <= 0 || s.pfd[0].revents == 0)
             continue;
-        if (pmap__msg_recv(sock, &m, sizeof m, NULL, 0, NULL) != 1)
+        if (pmap__msg_recv(sock, &m, sizeof m, NULL, 0, NULL, 1) != 1)
             srv_exit(&s); /* EOF: the caller is gone */
         switch (m.op) {
         case OP_SPAWN:
             srv_spawn(&s, &m);
-            break;
-        case OP_WAIT:
-            srv_wait(&s, &m);
             break;
         case OP_KILL:
             if (srv_find(&s, (pid_t)m.a) >= 0)
@@ -235,10 +274,20 @@ static _Noreturn void srv_main(struct pmap__spawner *sp, int nslots, int sock, p
 /* The caller's side                                                        */
 /* ------------------------------------------------------------------------ */
 
+struct exit_note {
+    pid_t pid;
+    int code;
+};
+
 struct pmap__fsrv {
     int sock;
     pid_t pid;
     int broken; /* the server is gone or garbled: no more requests */
+    /* Exits the server told of that pool.c has not asked about yet:
+     * about one per place at most, since a place starts a new worker only
+     * once its last one was reaped (asked about). */
+    struct exit_note *notes;
+    size_t nnotes, cap;
 };
 
 int pmap__fsrv_start(struct pmap__fsrv **out, struct pmap__spawner *direct, int nslots)
@@ -249,13 +298,19 @@ int pmap__fsrv_start(struct pmap__fsrv **out, struct pmap__spawner *direct, int 
     pid_t pid, caller = getpid();
 
     f = calloc(1, sizeof *f);
-    if (f == NULL) {
+    if (f != NULL) {
+        f->cap = (size_t)nslots + 1u;
+        f->notes = calloc(f->cap, sizeof *f->notes);
+    }
+    if (f == NULL || f->notes == NULL) {
+        free(f);
         errno = ENOMEM;
         return PMAP_ENOMEM;
     }
     rc = pmap__socketpair(sv);
     if (rc != 0) {
         saved = errno;
+        free(f->notes);
         free(f);
         errno = saved;
         return rc;
@@ -267,6 +322,7 @@ int pmap__fsrv_start(struct pmap__fsrv **out, struct pmap__spawner *direct, int 
     pmap__close(&sv[1]);
     if (pid < 0) {
         pmap__close(&sv[0]);
+        free(f->notes);
         free(f);
         errno = saved;
         return PMAP_ESYS;
@@ -277,36 +333,66 @@ int pmap__fsrv_start(struct pmap__fsrv **out, struct pmap__spawner *direct, int 
     return 0;
 }
 
-/* Send a request and, when `r` is given, receive its answer (with up to
- * two descriptors when fds is given). 0, or PMAP_ESYS (ECHILD) once the
- * server is gone. */
-static int fs_call(struct pmap__fsrv *f, int op, int a, int b, struct fs_msg *r, int *fds,
-                   int *nfds)
+static void fs_broken(struct pmap__fsrv *f)
+{
+    f->broken = 1;
+    errno = ECHILD;
+}
+
+static int fs_send(struct pmap__fsrv *f, int op, int a, int b)
 {
     struct fs_msg m = {op, a, b, 0};
-    int rc, n = 0, i;
 
-    if (f->broken)
-        goto broken;
-    if (pmap__msg_send(f->sock, &m, sizeof m, NULL, 0) != 0)
-        goto broken;
-    if (r == NULL)
-        return 0;
-    rc = pmap__msg_recv(f->sock, r, sizeof *r, fds, fds != NULL ? 2 : 0, &n);
-    if (rc != 1)
-        goto broken;
-    if (r->op != op) {
-        for (i = 0; i < n; i++)
+    if (f->broken || pmap__msg_send(f->sock, &m, sizeof m, NULL, 0) != 0) {
+        fs_broken(f);
+        return PMAP_ESYS;
+    }
+    return 0;
+}
+
+/* Read one message from the server (wait: until there is one). An exit
+ * note is kept in f->notes. 1 with *r (fds: up to two descriptors came
+ * with it), -1 when there was none, PMAP_ESYS (ECHILD) once the server is
+ * gone. */
+static int fs_read(struct pmap__fsrv *f, int wait, struct fs_msg *r, int *fds, int *nfds)
+{
+    int rc, n = 0, i, spare[2];
+
+    if (f->broken) {
+        fs_broken(f);
+        return PMAP_ESYS;
+    }
+    if (fds == NULL)
+        fds = spare;
+    rc = pmap__msg_recv(f->sock, r, sizeof *r, fds, 2, &n, wait);
+    if (rc == -1)
+        return -1;
+    if (rc == 1 && r->op == OP_EXIT && f->nnotes == f->cap) {
+        struct exit_note *p = realloc(f->notes, 2 * f->cap * sizeof *p);
+
+        if (p != NULL) {
+            f->notes = p;
+            f->cap *= 2;
+        }
+    }
+    if (rc != 1 || (r->op == OP_EXIT && n != 0) || (r->op != OP_EXIT && r->op != OP_SPAWN) ||
+        (r->op == OP_EXIT && f->nnotes == f->cap)) {
+        for (i = 0; rc == 1 && i < n; i++)
             pmap__close(&fds[i]);
-        goto broken;
+        fs_broken(f);
+        return PMAP_ESYS;
+    }
+    if (r->op == OP_EXIT) {
+        f->notes[f->nnotes].pid = (pid_t)r->a;
+        f->notes[f->nnotes].code = r->b;
+        f->nnotes++;
     }
     if (nfds != NULL)
         *nfds = n;
-    return 0;
-broken:
-    f->broken = 1;
-    errno = ECHILD;
-    return PMAP_ESYS;
+    else
+        for (i = 0; i < n; i++)
+            pmap__close(&fds[i]);
+    return 1;
 }
 
 int pmap__fsrv_spawn(struct pmap__fsrv *f, int slot, pid_t *pid, int *tx, int *rx)
@@ -314,10 +400,14 @@ int pmap__fsrv_spawn(struct pmap__fsrv *f, int slot, pid_t *pid, int *tx, int *r
     struct fs_msg r;
     int fds[2] = {-1, -1}, n = 0;
 
-    if (fs_call(f, OP_SPAWN, slot, 0, &r, fds, &n) != 0)
+    if (fs_send(f, OP_SPAWN, slot, 0) != 0)
         return PMAP_ESYS;
+    do {
+        if (fs_read(f, 1, &r, fds, &n) != 1)
+            return PMAP_ESYS;
+    } while (r.op != OP_SPAWN);
     if (r.a == 0 && r.b <= 0) {
-        f->broken = 1; /* nonsense: nothing more it says is believed */
+        fs_broken(f); /* nonsense: nothing more it says is believed */
         r.a = ECHILD;
     } else if (r.a == 0 && n != 2) {
         /* Started, but the kernel dropped its descriptors on the way in:
@@ -344,19 +434,46 @@ int pmap__fsrv_reap(struct pmap__fsrv *f, pid_t pid, int block, int *code)
 {
     struct fs_msg r;
 
-    if (fs_call(f, OP_WAIT, (int)pid, block, &r, NULL, NULL) != 0) {
-        *code = -1;
-        return 1;
+    for (;;) {
+        size_t i;
+        int rc;
+
+        for (i = 0; i < f->nnotes; i++) {
+            if (f->notes[i].pid == pid) {
+                *code = f->notes[i].code;
+                f->notes[i] = f->notes[--f->nnotes];
+                return 1;
+            }
+        }
+        rc = fs_read(f, block, &r, NULL, NULL);
+        if (rc == -1)
+            return 0;
+        if (rc != 1) {
+            /* The server is gone, and its workers with it. */
+            *code = -1;
+            return 1;
+        }
     }
-    if (r.a == 0)
-        return 0;
-    *code = r.b;
-    return 1;
+}
+
+void pmap__fsrv_poll(struct pmap__fsrv *f)
+{
+    struct fs_msg r;
+
+    while (fs_read(f, 0, &r, NULL, NULL) == 1)
+        ;
+}
+
+int pmap__fsrv_fd(const struct pmap__fsrv *f)
+{
+    /* A dead server's socket polls readable for ever (EOF): not to be
+     * polled then; every worker counts as gone anyway. */
+    return f->broken ? -1 : f->sock;
 }
 
 void pmap__fsrv_kill(struct pmap__fsrv *f, pid_t pid, int sig)
 {
-    (void)fs_call(f, OP_KILL, (int)pid, sig, NULL, NULL, NULL);
+    (void)fs_send(f, OP_KILL, (int)pid, sig);
 }
 
 /* After QUIT: wait until the server's end of the socket closes (it has
@@ -391,12 +508,13 @@ void pmap__fsrv_stop(struct pmap__fsrv *f)
         return;
     /* QUIT rather than only closing: a child the host forked meanwhile
      * may hold a copy of our end, and then no EOF would come. */
-    (void)fs_call(f, OP_QUIT, 0, 0, NULL, NULL, NULL);
+    (void)fs_send(f, OP_QUIT, 0, 0);
     /* Our child, not yet reaped: its pid cannot have been reused. */
     if (!fs_wait_eof(f))
         (void)kill(f->pid, SIGKILL);
     pmap__close(&f->sock);
     (void)pmap__wait_pid(f->pid, 1, &code);
+    free(f->notes);
     free(f);
 }
 
@@ -405,5 +523,6 @@ void pmap__fsrv_release(struct pmap__fsrv *f)
     if (f == NULL)
         return;
     pmap__close(&f->sock);
+    free(f->notes);
     free(f);
 }

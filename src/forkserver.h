@@ -20,12 +20,14 @@ struct pmap__fsrv;
  */
 int pmap__fsrv_start(struct pmap__fsrv **out, struct pmap__spawner *direct, int nslots);
 
-/* As pmap__spawner_start / _reap / _kill, done by the server. When the
- * server is gone, starting fails (ECHILD) and every worker counts as gone
- * (code -1): the server's workers die with it. */
+/* As pmap__spawner_start / _reap / _kill / _fd / _poll, done by the
+ * server. When the server is gone, starting fails (ECHILD) and every
+ * worker counts as gone (code -1): the server's workers die with it. */
 int pmap__fsrv_spawn(struct pmap__fsrv *f, int slot, pid_t *pid, int *tx, int *rx);
 int pmap__fsrv_reap(struct pmap__fsrv *f, pid_t pid, int block, int *code);
 void pmap__fsrv_kill(struct pmap__fsrv *f, pid_t pid, int sig);
+int pmap__fsrv_fd(const struct pmap__fsrv *f);
+void pmap__fsrv_poll(struct pmap__fsrv *f);
 
 /* End the server (it reaps whatever workers it still has), reap it and
  * free everything. NULL is a no-op. */

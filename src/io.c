@@ -588,28 +588,36 @@ pid_t pmap__fork(int keep1, int keep2, sigset_t *old)
     return pid;
 }
 
-int pmap__parent_pidfd(pid_t parent)
+int pmap__pidfd_open(pid_t pid)
 {
 #if defined(__linux__) && defined(SYS_pidfd_open)
-    long fd = syscall(SYS_pidfd_open, parent, 0);
+    long fd;
+    int out = -1;
 
-    if (fd < 0)
-        return -1;
+    /* Registered from birth: a worker forked meanwhile must not keep it. */
+    pmap__fdreg_lock();
+    fd = syscall(SYS_pidfd_open, pid, 0);
+    if (fd >= 0 && adopt_locked((int)fd, &out) != 0)
+        out = -1;
+    pmap__fdreg_unlock();
+    return out;
+#else
+    (void)pid;
+    return -1;
+#endif
+}
+
+int pmap__parent_pidfd(pid_t parent)
+{
+    int fd = pmap__pidfd_open(parent);
+
     /* Opened after the fork: still our parent only if we were not
      * reparented in between. */
     if (getppid() != parent) {
-        close((int)fd);
+        pmap__close(&fd);
         return -2;
     }
-    if (pmap__fdreg_add((int)fd) != 0) {
-        close((int)fd);
-        return -1;
-    }
-    return (int)fd;
-#else
-    (void)parent;
-    return getppid() == parent ? -1 : -2;
-#endif
+    return fd;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -733,7 +741,7 @@ static void take_fds_locked(struct msghdr *m, int *fds, int maxfds, int *nfds, i
     }
 }
 
-int pmap__msg_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds)
+int pmap__msg_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int wait)
 {
     union {
         struct cmsghdr h;
@@ -756,12 +764,16 @@ int pmap__msg_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *n
 
         /* Wait outside the registry lock (a fork server may take a while
          * to answer); then receive under it, so that descriptors arrive
-         * registered before any other thread can fork a worker. */
-        if (poll(&pfd, 1, -1) < 0) {
-            if (errno == EINTR)
-                continue;
+         * registered before any other thread can fork a worker. Once a
+         * message has begun, the rest is waited for in any case. */
+        int rc = poll(&pfd, 1, wait || off > 0 ? -1 : 0);
+
+        if (rc < 0 && errno == EINTR)
+            continue;
+        if (rc < 0)
             goto fail;
-        }
+        if (rc == 0)
+            return -1;
         memset(&m, 0, sizeof m);
         iov.iov_base = p + off;
         iov.iov_len = len - off;
@@ -774,8 +786,13 @@ int pmap__msg_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *n
         if (n >= 0)
             take_fds_locked(&m, fds, maxfds, &got, &bad);
         pmap__fdreg_unlock();
-        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+        if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!wait && off == 0)
+                return -1;
+            continue;
+        }
         if (n < 0)
             goto fail;
         if (n == 0) {

@@ -115,6 +115,10 @@ void pmap__fdreg_child(int keep1, int keep2);
  * with errno) the mask is back to *old. */
 pid_t pmap__fork(int keep1, int keep2, sigset_t *old);
 
+/* A descriptor that polls readable once process `pid` has exited (a
+ * Linux pidfd, registered), or -1 where there is none. */
+int pmap__pidfd_open(pid_t pid);
+
 /* A descriptor that polls readable once our parent `parent` has exited
  * (a Linux pidfd, registered), -1 where there is none, or -2 when we have
  * already been reparented (then `parent` itself may have been reused). */
@@ -126,12 +130,13 @@ int pmap__socketpair(int fds[2]);
 /* Send len bytes and nfds (<= 2) descriptors in one message, retried on
  * EINTR and short writes; never raises SIGPIPE. 0 or PMAP_ESYS. */
 int pmap__msg_send(int sock, const void *buf, size_t len, const int *fds, int nfds);
-/* Receive exactly len bytes, waiting as long as it takes, with up to
+/* Receive exactly len bytes (with `wait` 0: -1 at once when no message
+ * has begun to arrive; else as long as it takes), with up to
  * maxfds (<= 2) descriptors sent with them into fds[0 .. *nfds): made
  * close-on-exec, >= 3 and registered; fewer than were sent when this
  * process ran out of descriptors (the kernel drops the rest). Returns 1,
  * 0 at EOF, or PMAP_ESYS (EPROTO: a message cut short or more
  * descriptors than maxfds). */
-int pmap__msg_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds);
+int pmap__msg_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int wait);
 
 #endif /* PMAP_IO_H */

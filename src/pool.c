@@ -143,6 +143,7 @@ struct pool {
      * first request, -1 until then. */
     int ep;
     uint64_t next_ns; /* the earliest deadline the last pump left (0: none) */
+    int exits_noted; /* the spawner's descriptor polled readable */
 };
 
 static const struct pmap__decoder_ops caller_ops;
@@ -882,8 +883,11 @@ static void check_exit(struct pool *p, struct worker *w, uint64_t now, uint64_t 
         signal_worker(w, SIGKILL);
         w->deadline_ns = now + EXIT_WAIT_NS;
     }
-    /* Look for the exit often while it is due. */
-    earliest(next, now + EXIT_POLL_NS < w->deadline_ns ? now + EXIT_POLL_NS : w->deadline_ns);
+    /* Look for the exit often while it is due, unless the spawner tells. */
+    if (pmap__spawner_fd(p->sp) < 0 && now + EXIT_POLL_NS < w->deadline_ns)
+        earliest(next, now + EXIT_POLL_NS);
+    else
+        earliest(next, w->deadline_ns);
 }
 
 /* EOF normally says a worker died, but a task's own child may hold the
@@ -945,6 +949,12 @@ static uint64_t check_deadlines(struct pool *p, uint64_t now)
     uint64_t next = 0;
     int i;
 
+    if (p->exits_noted) {
+        /* News of exits: every worker's is looked for now. */
+        p->exits_noted = 0;
+        for (i = 0; i < p->nworkers; i++)
+            p->w[i].next_reap_ns = 0;
+    }
     for (i = 0; i < p->nworkers; i++) {
         struct worker *w = &p->w[i];
 
@@ -1054,6 +1064,13 @@ static int poll_once(struct pool *p, int timeout_ms, uint64_t next, int writes)
             p->pfw[nfds++] = w;
         }
     }
+    /* The fork server's news of exits; -1 in fork mode (exits that are due
+     * are then looked for every EXIT_POLL_NS). */
+    p->pfd[nfds].fd = pmap__spawner_fd(p->sp);
+    if (p->pfd[nfds].fd >= 0) {
+        p->pfd[nfds].events = POLLIN;
+        p->pfw[nfds++] = NULL;
+    }
     if (next != 0) {
         uint64_t ms = next > now ? (next - now + PMAP__NS_PER_MS - 1) / PMAP__NS_PER_MS : 0;
 
@@ -1075,7 +1092,10 @@ static int poll_once(struct pool *p, int timeout_ms, uint64_t next, int writes)
 
         if (p->pfd[i].revents == 0)
             continue;
-        if (p->pfd[i].fd == w->rx && w->rx >= 0) {
+        if (w == NULL) {
+            pmap__spawner_poll(p->sp);
+            p->exits_noted = 1;
+        } else if (p->pfd[i].fd == w->rx && w->rx >= 0) {
             read_worker(p, w, now);
         } else if (p->pfd[i].fd == w->tx && w->tx >= 0) {
             if (!guarded) {
@@ -1219,6 +1239,9 @@ static int be_fd(void *be)
         return p->ep;
     if (pmap__epoll_open(&p->ep) != 0)
         return -1;
+    /* The fork server's news of exits (it is never closed before ep). */
+    if (pmap__spawner_fd(p->sp) >= 0 && pmap__epoll_add(p->ep, pmap__spawner_fd(p->sp), 0) != 0)
+        goto fail;
     for (i = 0; i < p->nworkers; i++) {
         struct worker *w = &p->w[i];
 
@@ -1320,6 +1343,12 @@ static void drain_exits(struct pool *p, uint64_t deadline)
         }
         if (left == 0 || now >= deadline)
             return;
+        /* The fork server tells of the exits: wait for that. */
+        p->pfd[nfds].fd = pmap__spawner_fd(p->sp);
+        if (p->pfd[nfds].fd >= 0) {
+            p->pfd[nfds].events = POLLIN;
+            p->pfw[nfds++] = NULL;
+        }
         if (nfds == 0) {
             /* Every pipe is at EOF: the exits are a moment away (EOF comes
              * while the process is still tearing down). Naps from 20 us,
@@ -1342,6 +1371,10 @@ static void drain_exits(struct pool *p, uint64_t deadline)
 
             if (p->pfd[i].revents == 0)
                 continue;
+            if (w == NULL) {
+                pmap__spawner_poll(p->sp);
+                continue;
+            }
             /* Whatever it still says is of no use now: read to EOF. */
             do {
                 n = pmap__read_once(w->rx, junk, sizeof junk);
@@ -1420,8 +1453,8 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
     p->nworkers = cfg->nworkers;
     p->ep = -1;
     p->w = calloc((size_t)p->nworkers, sizeof *p->w);
-    p->pfd = calloc((size_t)p->nworkers * 2u, sizeof *p->pfd);
-    p->pfw = calloc((size_t)p->nworkers * 2u, sizeof *p->pfw);
+    p->pfd = calloc((size_t)p->nworkers * 2u + 1u, sizeof *p->pfd);
+    p->pfw = calloc((size_t)p->nworkers * 2u + 1u, sizeof *p->pfw);
     p->shm_len = (size_t)p->nworkers * sizeof(struct pmap__shm_slot);
     p->shm = mmap(NULL, p->shm_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p->w == NULL || p->pfd == NULL || p->pfw == NULL || p->shm == MAP_FAILED) {

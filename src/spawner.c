@@ -99,6 +99,17 @@ void pmap__spawner_kill(struct pmap__spawner *s, pid_t pid, int sig)
         (void)kill(pid, sig); /* our unreaped child: its pid cannot have been reused */
 }
 
+int pmap__spawner_fd(const struct pmap__spawner *s)
+{
+    return s->srv != NULL ? pmap__fsrv_fd(s->srv) : -1;
+}
+
+void pmap__spawner_poll(struct pmap__spawner *s)
+{
+    if (s->srv != NULL)
+        pmap__fsrv_poll(s->srv);
+}
+
 void pmap__spawner_free(struct pmap__spawner *s)
 {
     if (s == NULL)

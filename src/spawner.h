@@ -38,6 +38,14 @@ int pmap__spawner_reap(struct pmap__spawner *s, pid_t pid, int block, int *code)
 /* Send `sig` to worker `pid`, which reap() has not reported gone. */
 void pmap__spawner_kill(struct pmap__spawner *s, pid_t pid, int sig);
 
+/* A descriptor that polls readable when reap() may have news (the fork
+ * server tells of exits as they happen), or -1: then exits must be looked
+ * for now and then (fork mode). */
+int pmap__spawner_fd(const struct pmap__spawner *s);
+/* The descriptor polled readable: take the news in, so that it stops
+ * being readable. */
+void pmap__spawner_poll(struct pmap__spawner *s);
+
 /* Every worker has been reaped: end the spawner (a server exits and is
  * reaped) and free it. NULL is a no-op. */
 void pmap__spawner_free(struct pmap__spawner *s);

@@ -5,8 +5,9 @@
  * never mix with its own traffic), which options to create it with; a
  * serving rank then calls pmap_mpi_pool_create, checks that it came back
  * with NULL and the expected errno, and that it has the descriptors and
- * children it had before. Serving ranks count what went wrong and the
- * last test collects the counts. Workers never assert.
+ * children it had before. Serving ranks count what went wrong and report
+ * the count at the end. Workers never assert. Run without mpirun, the
+ * suite runs on a one-rank communicator (the root's local workers).
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -58,6 +59,14 @@ struct spec {
 };
 
 static int nranks, me;
+
+/* PMAP_TEST_QUICK=1 (valgrind): smaller maps. */
+static uint64_t quick(uint64_t n)
+{
+    const char *q = getenv("PMAP_TEST_QUICK");
+
+    return q != NULL && q[0] == '1' ? n / 10 : n;
+}
 
 static uint64_t cost(uint64_t x, uint32_t rounds)
 {
@@ -316,7 +325,7 @@ static void gen_init(struct gen *g, const struct rec *list, uint64_t n)
  * pool on the same input, item for item. */
 static void test_ordered_like_local(void **state)
 {
-    const uint64_t n = 100000;
+    const uint64_t n = quick(100000);
     pmap_options opt;
     pmap_pool *local, *pool;
     pmap_iter *a, *b;
@@ -362,7 +371,7 @@ static void test_ordered_like_local(void **state)
 /* Unordered: every index once, each with its own result. */
 static void test_unordered_multiset(void **state)
 {
-    const uint64_t n = 20000;
+    const uint64_t n = quick(20000);
     pmap_pool *pool;
     pmap_iter *it;
     pmap_item item;
@@ -505,7 +514,7 @@ static void test_timeout(void **state)
 }
 
 /* A generator error: every record before it, then PMAP_EGEN, again and
- * from pmap_iter_free. */
+ * from pmap_iter_free. Then a map with a task of its own. */
 static void test_generator_error(void **state)
 {
     pmap_pool *pool;
@@ -529,6 +538,13 @@ static void test_generator_error(void **state)
     assert_int_equal(g.consumed, 500);
     assert_int_equal(pmap_next(it, &item), PMAP_EGEN);
     assert_int_equal(iter_free(it), PMAP_EGEN);
+    /* No function pointer travels to another rank: a map with a task of
+     * its own is refused there (a one-rank pool is a local one). */
+    if (nranks > 1) {
+        errno = 0;
+        assert_null(pmap_imap_task(pool, task, NULL, gen, &g));
+        assert_int_equal(errno, EINVAL);
+    }
     end_pool(pool);
 }
 

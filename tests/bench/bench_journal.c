@@ -142,9 +142,8 @@ static double run(pmap_pool *pool, const char *path, int ordered, uint64_t n)
     t1 = bu_now();
     last_cpu_ns = (cpu_s() - c0) * 1e9 / (double)n;
     if (rc != PMAP_DONE || got != n || bad != 0) {
-        fprintf(stderr, "bench_journal: %s, %llu of %llu records, %llu wrong\n",
-                pmap_strerror(rc), (unsigned long long)got, (unsigned long long)n,
-                (unsigned long long)bad);
+        fprintf(stderr, "bench_journal: %s, %llu of %llu records, %llu wrong\n", pmap_strerror(rc),
+                (unsigned long long)got, (unsigned long long)n, (unsigned long long)bad);
         return -1.0;
     }
     return (double)n / (t1 - t0);
@@ -295,8 +294,7 @@ int main(int argc, char **argv)
 
                 bu_figure("replay_items", (double)nr, "items");
                 bu_figure("replay_peak_rss_delta", (double)grew, "KiB");
-                bu_figure("replay_peak_rss_per_item", (double)grew * 1024.0 / (double)nr,
-                          "bytes");
+                bu_figure("replay_peak_rss_per_item", (double)grew * 1024.0 / (double)nr, "bytes");
             }
         }
     }
