@@ -157,7 +157,7 @@ static void srv_spawn(struct srv *s, const struct fs_msg *m)
         r.a = srv_room(s);
     if (r.a == 0) {
         errno = 0;
-        if (pmap__spawner_start(s->sp, m->a, &pid, &fds[0], &fds[1]) != 0) {
+        if (pmap__spawner_start(s->sp, m->a, -1, &pid, &fds[0], &fds[1]) != 0) {
             r.a = errno ? errno : EIO;
         } else {
             s->kids[s->nkids].pid = pid;
@@ -315,7 +315,7 @@ int pmap__fsrv_start(struct pmap__fsrv **out, struct pmap__spawner *direct, int 
         errno = saved;
         return rc;
     }
-    pid = pmap__fork(sv[1], -1, &old);
+    pid = pmap__fork(sv[1], -1, -1, &old);
     if (pid == 0)
         srv_main(direct, nslots, sv[1], caller, &old);
     saved = errno;

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -120,13 +121,14 @@ static void close_run(int lo, int hi)
         (void)close(lo);
 }
 
-void pmap__fdreg_child(int keep1, int keep2)
+void pmap__fdreg_child(int keep1, int keep2, int keep3)
 {
     int fd, lo = -1, end = (int)(reg_words * REG_BITS);
 
     /* The keepers leave the set first, so they break the runs. */
     reg_remove_locked(keep1);
     reg_remove_locked(keep2);
+    reg_remove_locked(keep3);
     for (fd = 0; fd < end; fd++) {
         int in = reg_has(fd);
 
@@ -151,6 +153,8 @@ void pmap__fdreg_child(int keep1, int keep2)
         (void)reg_add_locked(keep1);
     if (keep2 >= 0)
         (void)reg_add_locked(keep2);
+    if (keep3 >= 0)
+        (void)reg_add_locked(keep3);
     /* The forking thread held the lock; in the child it is the only thread. */
     pthread_mutex_init(&reg_lock, NULL);
 }
@@ -295,6 +299,23 @@ static int adopt_locked(int fd, int *out)
     }
     *out = fd;
     return 0;
+}
+
+int pmap__memfd_open(const char *name, int *fd)
+{
+#if defined(__linux__) && defined(MFD_CLOEXEC)
+    int rc;
+
+    pmap__fdreg_lock();
+    rc = adopt_locked(memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING), fd);
+    pmap__fdreg_unlock();
+    return rc;
+#else
+    (void)name;
+    (void)fd;
+    errno = ENOSYS;
+    return PMAP_ESYS;
+#endif
 }
 
 int pmap__epoll_open(int *fd)
@@ -565,7 +586,7 @@ void pmap__owner_init(struct pmap__owner *o)
 /* Children                                                                 */
 /* ------------------------------------------------------------------------ */
 
-pid_t pmap__fork(int keep1, int keep2, sigset_t *old)
+pid_t pmap__fork(int keep1, int keep2, int keep3, sigset_t *old)
 {
     sigset_t all;
     pid_t pid;
@@ -578,7 +599,7 @@ pid_t pmap__fork(int keep1, int keep2, sigset_t *old)
     pmap__fdreg_lock();
     pid = fork();
     if (pid == 0) {
-        pmap__fdreg_child(keep1, keep2);
+        pmap__fdreg_child(keep1, keep2, keep3);
         return 0;
     }
     saved = errno;

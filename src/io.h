@@ -30,6 +30,9 @@ void pmap__close(int *fd);
  * or PMAP_ENOMEM. */
 int pmap__epoll_open(int *fd);
 int pmap__eventfd_open(int *fd, unsigned initval);
+/* A memfd (close-on-exec, sealable), numbered >= 3 and registered like
+ * pmap__pipe's; ENOSYS where there is none. 0, PMAP_ESYS or PMAP_ENOMEM. */
+int pmap__memfd_open(const char *name, int *fd);
 /* Watch fd in the epoll set ep, level-triggered, for input (writable 0)
  * or for room to write. 0 or PMAP_ESYS. */
 int pmap__epoll_add(int ep, int fd, int writable);
@@ -103,17 +106,17 @@ void pmap__fdreg_unlock(void);
 int pmap__fdreg_add(int fd);
 void pmap__fdreg_remove(int fd);
 /* In a freshly forked worker, with the registry lock held by the fork:
- * close every registered descriptor except keep1 and keep2, and leave the
- * worker with an empty, unlocked registry of its own. */
-void pmap__fdreg_child(int keep1, int keep2);
+ * close every registered descriptor except keep1, keep2 and keep3 (-1:
+ * none), and leave the worker with an unlocked registry of those alone. */
+void pmap__fdreg_child(int keep1, int keep2, int keep3);
 
 /* fork() for libpmap's own children (workers, a fork server): stdio
  * flushed first, every signal blocked across it (*old: the mask before),
  * the registry locked so no descriptor is made half-registered meanwhile.
- * In the child (0) every registered descriptor but keep1 and keep2 is
- * closed and every signal is still blocked; in the parent (the pid, or -1
+ * In the child (0) every registered descriptor but keep1, keep2 and
+ * keep3 (-1: none) is closed and every signal is still blocked; in the parent (the pid, or -1
  * with errno) the mask is back to *old. */
-pid_t pmap__fork(int keep1, int keep2, sigset_t *old);
+pid_t pmap__fork(int keep1, int keep2, int keep3, sigset_t *old);
 
 /* A descriptor that polls readable once process `pid` has exited (a
  * Linux pidfd, registered), or -1 where there is none. */

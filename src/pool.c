@@ -16,6 +16,7 @@
 #endif
 #define _POSIX_C_SOURCE 200809L
 
+#include "arena.h"
 #include "backend.h"
 #include "buf.h"
 #include "io.h"
@@ -113,6 +114,10 @@ struct worker {
     /* Input. */
     struct pmap__decoder dec;
     unsigned char *stage;
+    /* Its process's arena (arena.h): parameters written here, results
+     * read from there; empty when it has none. */
+    struct pmap__arena ain, aout;
+    int arena_seen; /* the current frame had results in the arena */
 };
 
 struct pool {
@@ -129,6 +134,7 @@ struct pool {
     unsigned timeout_ms;
     unsigned long max_tasks;
     size_t max_record;
+    size_t arena_half; /* each worker's arena halves; 0: no arenas */
     int nworkers;
     struct worker *w;
     struct pmap__shm_slot *shm;
@@ -223,14 +229,42 @@ static void close_rx(struct worker *w)
 
 static void stop_now(struct worker *w);
 
+static void arena_drop(struct worker *w)
+{
+    pmap__arena_unmap(&w->ain);
+    pmap__arena_unmap(&w->aout);
+}
+
+/* A fresh arena for the worker about to be forked, mapped here (and not
+ * inherited by any child: the worker maps its own from *fd). 0, or -1:
+ * this worker goes without (its records all take the pipes). */
+static int arena_make(struct pool *p, struct worker *w, int *fd)
+{
+    if (pmap__arena_open(p->arena_half, fd) != 0)
+        return -1;
+    if (pmap__arena_map(&w->ain, *fd, p->arena_half, 0, 1, 1) != 0 ||
+        pmap__arena_map(&w->aout, *fd, p->arena_half, 1, 0, 1) != 0) {
+        arena_drop(w);
+        pmap__close(fd);
+        return -1;
+    }
+    return 0;
+}
+
 static int start_worker(struct pool *p, struct worker *w)
 {
     pid_t pid;
-    int tx, rx, rc;
+    int tx, rx, rc, afd = -1;
 
-    rc = pmap__spawner_start(p->sp, w->id, &pid, &tx, &rx);
-    if (rc != 0)
+    arena_drop(w);
+    if (p->arena_half != 0 && arena_make(p, w, &afd) != 0)
+        afd = -1;
+    rc = pmap__spawner_start(p->sp, w->id, afd, &pid, &tx, &rx);
+    pmap__close(&afd); /* the mappings stay */
+    if (rc != 0) {
+        arena_drop(w);
         return rc;
+    }
     place_reset(w);
     w->pid = pid;
     w->tx = tx;
@@ -358,6 +392,7 @@ static void finalize(struct pool *p, struct worker *w, int code)
             }
         }
     }
+    arena_drop(w);
     place_reset(w);
 }
 
@@ -561,13 +596,45 @@ static int c_frame_end(void *ud, const struct pmap__frame *f)
     }
     w->recv += w->pending;
     w->pending = 0;
+    /* The records whose results are in: their parameters' regions are
+     * ours again, and the results' regions we copied out are the
+     * worker's (release: our copies come before its next writes). */
+    pmap__arena_release(&w->ain, w->recv);
+    if (w->arena_seen) {
+        w->arena_seen = 0;
+        atomic_store_explicit(&w->pool->shm[w->id].consumed, w->recv, memory_order_release);
+    }
     if (s != NULL && s->timing != NULL)
         s->timing(s->it, f->count, f->aux);
     return 0;
 }
 
+/* A result in the worker's arena: checked against our own mapping of it,
+ * then copied out into the record's buffer at once, so nothing handed out
+ * ever points into memory the worker can write (arena.h). */
+static int c_arena(void *ud, unsigned status, int code, uint64_t off, uint64_t len)
+{
+    struct worker *w = ud;
+    struct pmap__rec *r = fifo_at(w, w->recv + w->pending);
+    const unsigned char *src = pmap__arena_at(&w->aout, off, len);
+
+    if (src == NULL)
+        return PMAP_EPROTO;
+    r->status = PMAP_OK;
+    r->code = 0;
+    if (status != PMAP__R_OK)
+        c_status(r, status, code);
+    if (len > r->result.cap && c_result_grow(w, r, len) != 0)
+        return PMAP_ENOMEM;
+    memcpy(r->result.data, src, (size_t)len);
+    r->result.len = (size_t)len;
+    w->pending++;
+    w->arena_seen = 1;
+    return 0;
+}
+
 /* No record_end: c_record counts the record (see there). */
-static const struct pmap__decoder_ops caller_ops = {c_frame, c_record, NULL, c_frame_end};
+static const struct pmap__decoder_ops caller_ops = {c_frame, c_record, NULL, c_frame_end, c_arena};
 
 /* Read what the worker has written (up to a budget). */
 static void read_worker(struct pool *p, struct worker *w, uint64_t now)
@@ -765,7 +832,8 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     int uniform;
     struct pmap__rec **fifo;
     uint64_t sent;
-    uint32_t k, mask;
+    uint32_t k, mask, narena = 0, ri;
+    const uint32_t rmark = w->ain.reg_n;
     int rc;
 
     if (n == 0)
@@ -785,11 +853,12 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     f.seq = (uint32_t)w->sent;
     f.bytes = 0;
     f.aux = 0;
-    /* Parameters of one length (the usual case) go bare. */
+    /* Parameters of one length (the usual case) go bare, unless they are
+     * large enough for the arena. */
     len0 = recs[0]->param.len;
     for (k = 1; k < n && recs[k]->param.len == len0; k++)
         ;
-    uniform = k == n;
+    uniform = k == n && (len0 < PMAP__ARENA_MIN || w->ain.base == NULL);
     if (uniform) {
         f.bytes = (uint64_t)n * len0;
         inl += len0 <= INLINE_MAX ? n * len0 : 0;
@@ -797,6 +866,15 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
         for (k = 0; k < n; k++) {
             size_t len = recs[k]->param.len;
 
+            /* A region of the arena, in the order of the records (the
+             * second pass finds them so). */
+            if (len >= PMAP__ARENA_MIN && w->ain.base != NULL &&
+                pmap__arena_alloc(&w->ain, w->sent + k, len) != PMAP__ARENA_NONE) {
+                f.bytes += PMAP__REC_ASIZE;
+                inl += PMAP__REC_ASIZE;
+                narena++;
+                continue;
+            }
             f.bytes += pmap__rec_hdr_size(len) + len;
             inl += pmap__rec_hdr_size(len) + (len <= INLINE_MAX ? len : 0);
         }
@@ -804,10 +882,12 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     f.flags = (uniform ? PMAP__F_UNIFORM : 0u) | (recs[0]->lost ? PMAP__F_EACH : 0u);
     /* One reservation for the whole frame, then the headers and the small
      * parameters are written in place; a large parameter is a segment of
-     * its own, written from the record without a copy. On ENOMEM the map
-     * fails as a whole and cancel() cleans up. */
-    if (inl > SIZE_MAX - w->txbuf.len || pmap__buf_reserve(&w->txbuf, w->txbuf.len + inl) != 0)
-        return PMAP_ENOMEM;
+     * its own, written from the record without a copy, or copied into the
+     * arena. On ENOMEM the map fails as a whole and cancel() cleans up. */
+    if (inl > SIZE_MAX - w->txbuf.len || pmap__buf_reserve(&w->txbuf, w->txbuf.len + inl) != 0) {
+        rc = PMAP_ENOMEM;
+        goto fail;
+    }
     out = w->txbuf.data;
     /* In locals: stores through `out` would otherwise make the compiler
      * reload them for every record. */
@@ -829,12 +909,21 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     } else {
         k = 0;
     }
-    for (; k < n; k++) {
+    for (ri = rmark; k < n; k++) {
         const struct pmap_buf *b = &recs[k]->param;
 
         /* Filled ahead of w->sent, which alone makes the entry live: on
          * an error below the map fails and nothing reads it. */
         fifo[(sent + k) & mask] = recs[k];
+        if (narena != 0 && ri < w->ain.reg_n && pmap__arena_reg(&w->ain, ri)->seq == sent + k) {
+            size_t off = pmap__arena_reg(&w->ain, ri++)->off;
+
+            /* The region is the worker's from the send of this frame
+             * until this record's result is read (arena.h). */
+            memcpy(w->ain.base + off, b->data, b->len);
+            pos += pmap__rec_arena(out + pos, 0, b->len, off);
+            continue;
+        }
         if (!uniform)
             pos += pmap__rec_hdr(out + pos, 0, b->len);
         if (b->len > INLINE_MAX) {
@@ -842,7 +931,7 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
             if (rc == 0)
                 rc = seg_add(w, b->data, 0, b->len);
             if (rc != 0)
-                return rc;
+                goto fail;
             start = pos;
         } else if (b->len > 0) {
             pmap__copy(out + pos, b->data, b->len);
@@ -853,9 +942,13 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     pos += PMAP__TRL_SIZE;
     rc = seg_add(w, NULL, start, pos - start);
     if (rc != 0)
-        return rc;
+        goto fail;
     w->sent += n;
     return 0; /* written by the next pump(), under one SIGPIPE guard */
+fail:
+    if (narena != 0)
+        pmap__arena_unalloc(&w->ain, w->sent);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1168,6 +1261,7 @@ static void stop_now(struct worker *w)
     (void)reap(w, 1, &code);
     close_tx(w);
     close_rx(w);
+    arena_drop(w);
     place_reset(w);
 }
 
@@ -1301,6 +1395,10 @@ static void pool_free(struct pool *p)
             free(w->segs);
             free(w->stage);
             pmap__buf_free(&w->txbuf);
+            /* Unmapped by now, or never mapped here (a child of the host
+             * does not inherit the arenas). */
+            pmap__arena_forget(&w->ain);
+            pmap__arena_forget(&w->aout);
         }
     }
     pmap__close(&p->ep);
@@ -1403,6 +1501,7 @@ static void stop_workers(struct pool *p)
             (void)reap(w, 1, &code);
         }
         close_rx(w);
+        arena_drop(w);
         place_reset(w);
     }
 }
@@ -1450,6 +1549,10 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
     p->timeout_ms = cfg->opt->task_timeout_ms;
     p->max_tasks = cfg->opt->max_tasks_per_worker;
     p->max_record = cfg->max_record;
+    /* Arenas only where the caller forks the workers itself: a fork
+     * server would have to receive each memfd over its socket first (the
+     * hook is pmap__worker_args.arena_fd), so its workers use the pipes. */
+    p->arena_half = cfg->opt->start_method == PMAP_START_FORK ? pmap__arena_half(p->max_record) : 0;
     p->nworkers = cfg->nworkers;
     p->ep = -1;
     p->w = calloc((size_t)p->nworkers, sizeof *p->w);
@@ -1483,6 +1586,8 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
     a.max_record = cfg->max_record;
     a.id = cfg->id_base;
     a.shm = p->shm;
+    a.arena_fd = -1;
+    a.arena_half = p->arena_half;
     /* In server mode this forks the server, after the slots are mapped
      * (shared with every worker it forks) and before any worker. */
     rc = pmap__spawner_new(&p->sp, cfg->opt->start_method, &a, p->nworkers);

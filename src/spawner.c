@@ -52,7 +52,8 @@ void pmap__spawner_sigchld_ignored(struct pmap__spawner *s)
     s->tmpl.sigchld_ignored = 1;
 }
 
-int pmap__spawner_start(struct pmap__spawner *s, int slot, pid_t *pid, int *tx, int *rx)
+int pmap__spawner_start(struct pmap__spawner *s, int slot, int arena_fd, pid_t *pid, int *tx,
+                        int *rx)
 {
     struct pmap__worker_args a = s->tmpl;
 
@@ -60,6 +61,7 @@ int pmap__spawner_start(struct pmap__spawner *s, int slot, pid_t *pid, int *tx, 
         return pmap__fsrv_spawn(s->srv, slot, pid, tx, rx);
     a.id += slot;
     a.shm += slot;
+    a.arena_fd = arena_fd;
     return pmap__worker_spawn(&a, pid, tx, rx);
 }
 

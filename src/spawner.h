@@ -27,8 +27,10 @@ int pmap__spawner_new(struct pmap__spawner **out, int start_method,
                       const struct pmap__worker_args *tmpl, int nslots);
 
 /* Start a worker at `slot`: as pmap__worker_spawn() (*pid, *tx, *rx), 0 or
- * a status with errno set. */
-int pmap__spawner_start(struct pmap__spawner *s, int slot, pid_t *pid, int *tx, int *rx);
+ * a status with errno set. `arena_fd`: its arena (worker.h), or -1; fork
+ * mode only (a server does not receive descriptors yet: pass -1). */
+int pmap__spawner_start(struct pmap__spawner *s, int slot, int arena_fd, pid_t *pid, int *tx,
+                        int *rx);
 
 /* Wait for worker `pid` (block: until it is gone). 1: gone, *code its
  * signal number or exit status (-1 if unknowable: reaped behind our

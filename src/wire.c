@@ -14,13 +14,15 @@
 
 #define MAGIC_HDR 0x50414d50u /* "PMAP" in little-endian memory order */
 #define MAGIC_TRL 0x444e4521u
-/* 3: task errors may carry a payload; the status record. A peer of
- * another version is refused at its first frame (PMAP_EPROTO). */
-#define WIRE_VERSION 3u
+/* 3: task errors may carry a payload; the status record. 4: the arena
+ * record. A peer of another version is refused at its first frame
+ * (PMAP_EPROTO). */
+#define WIRE_VERSION 4u
 
 #define S_HDR PMAP__S_HDR
 #define S_REC PMAP__S_REC
 #define S_XLEN PMAP__S_XLEN
+#define S_AOFF PMAP__S_AOFF
 #define S_DATA PMAP__S_DATA
 #define S_TRL PMAP__S_TRL
 #define S_ERR PMAP__S_ERR
@@ -228,6 +230,15 @@ static int parse_xlen(struct pmap__decoder *d, const unsigned char *x)
 {
     uint64_t len = get64(x);
 
+    if (len & PMAP__REC_AFLAG) {
+        len &= ~PMAP__REC_AFLAG;
+        if (len == 0 || len > d->max_record || d->ops->arena == NULL ||
+            d->bytes_left < PMAP__REC_ASIZE)
+            return pmap__decoder_fail(d, PMAP_EPROTO);
+        d->alen = len;
+        d->state = S_AOFF;
+        return 0;
+    }
     /* Length 0: a status record (a library status, never 0 or positive). */
     if (len == 0 && d->xcode < 0)
         return begin_rec_as(d, PMAP__R_STATUS, d->xcode, 0, PMAP__REC_XSIZE);
@@ -236,12 +247,9 @@ static int parse_xlen(struct pmap__decoder *d, const unsigned char *x)
     return begin_rec(d, d->xcode, len, PMAP__REC_XSIZE);
 }
 
-static int end_rec(struct pmap__decoder *d)
+/* A record is over: the next one, or the trailer. */
+static int next_rec(struct pmap__decoder *d)
 {
-    int rc = d->ops->record_end != NULL ? d->ops->record_end(d->ud) : 0;
-
-    if (rc != 0)
-        return pmap__decoder_fail(d, rc);
     if (d->recs_left)
         d->state = S_REC;
     else if (d->bytes_left != 0)
@@ -249,6 +257,29 @@ static int end_rec(struct pmap__decoder *d)
     else
         d->state = S_TRL;
     return 0;
+}
+
+/* The arena record is whole: its bytes are the receiver's to find. */
+static int parse_aoff(struct pmap__decoder *d, const unsigned char *x)
+{
+    int rc;
+
+    d->bytes_left -= PMAP__REC_ASIZE; /* checked in parse_xlen */
+    d->recs_left--;
+    rc = d->ops->arena(d->ud, d->xcode != 0 ? PMAP__R_TASKERR : PMAP__R_OK, d->xcode, get64(x),
+                       d->alen);
+    if (rc != 0)
+        return pmap__decoder_fail(d, rc);
+    return next_rec(d);
+}
+
+static int end_rec(struct pmap__decoder *d)
+{
+    int rc = d->ops->record_end != NULL ? d->ops->record_end(d->ud) : 0;
+
+    if (rc != 0)
+        return pmap__decoder_fail(d, rc);
+    return next_rec(d);
 }
 
 static int parse_trl(struct pmap__decoder *d, const unsigned char *t)
@@ -321,6 +352,7 @@ int pmap__decode_step(struct pmap__decoder *d, const unsigned char **pp, size_t 
     need = d->state == S_HDR    ? PMAP__HDR_SIZE
            : d->state == S_REC  ? PMAP__REC_SIZE
            : d->state == S_XLEN ? PMAP__REC_XSIZE - PMAP__REC_SIZE
+           : d->state == S_AOFF ? PMAP__REC_ASIZE - PMAP__REC_XSIZE
                                 : PMAP__TRL_SIZE;
     if (d->tmp_len == 0 && n >= need) {
         /* The common case: the whole piece is in the input; parse it where
@@ -345,6 +377,8 @@ int pmap__decode_step(struct pmap__decoder *d, const unsigned char **pp, size_t 
         rc = parse_rec(d, h);
     else if (d->state == S_XLEN)
         rc = parse_xlen(d, h);
+    else if (d->state == S_AOFF)
+        rc = parse_aoff(d, h);
     else
         rc = parse_trl(d, h);
     /* A zero-length payload completes at once. */

@@ -31,6 +31,11 @@
  *   status  (16): 0xffffffff u32 | status i32 | 0 u64: no payload; the
  *                 record failed in the library (status < 0, e.g.
  *                 PMAP_ETOOBIG for a result buffer whose last set failed)
+ *   arena   (24): 0xffffffff u32 | code i32 | len u64 with bit 63 set |
+ *                 off u64: no payload in the stream; the record's len
+ *                 (> 0) bytes are at `off` in the sender's shared arena
+ *                 (arena.h), which the receiver checks against its view
+ *                 of that arena before it reads a byte
  *   trailer  (8): magic u32 | check u32
  *
  * Record headers are short because records usually are, and every header
@@ -45,6 +50,8 @@
 #define PMAP__REC_SIZE 8u   /* record header */
 #define PMAP__REC_XSIZE 16u /* record header with the 64-bit length */
 #define PMAP__REC_XLEN 0xffffffffu
+#define PMAP__REC_ASIZE 24u /* an arena record's header, its whole size in the stream */
+#define PMAP__REC_AFLAG ((uint64_t)1 << 63)
 #define PMAP__TRL_SIZE 8u
 
 enum pmap__kind {
@@ -72,6 +79,19 @@ static inline size_t pmap__rec_status(unsigned char *out, int status)
     memcpy(out + 4, &status, 4);
     memcpy(out + 8, &zero, 8);
     return PMAP__REC_XSIZE;
+}
+
+/* The arena record of `len` (> 0) bytes at `off`: PMAP__REC_ASIZE bytes. */
+static inline size_t pmap__rec_arena(unsigned char *out, int code, uint64_t len, uint64_t off)
+{
+    uint32_t len32 = PMAP__REC_XLEN;
+    uint64_t flen = len | PMAP__REC_AFLAG;
+
+    memcpy(out, &len32, 4);
+    memcpy(out + 4, &code, 4);
+    memcpy(out + 8, &flen, 8);
+    memcpy(out + 16, &off, 8);
+    return PMAP__REC_ASIZE;
 }
 
 #define PMAP__F_UNIFORM 0x100u /* frame flag: headerless records of bytes / count */
@@ -131,6 +151,10 @@ struct pmap__decoder_ops {
     int (*record_end)(void *ud);
     /* The trailer checked out. */
     int (*frame_end)(void *ud, const struct pmap__frame *f);
+    /* An arena record: `len` (1 .. the record limit) bytes at `off` in the
+     * peer's arena, neither checked against it yet. 0, or a status that
+     * stops the decoder. NULL: arena records are a protocol error. */
+    int (*arena)(void *ud, unsigned status, int code, uint64_t off, uint64_t len);
 };
 
 struct pmap__decoder {
@@ -145,6 +169,7 @@ struct pmap__decoder {
     unsigned char *dst; /* payload destination of the current record */
     uint64_t data_left;
     int xcode;     /* code of a record whose 64-bit length is still due */
+    uint64_t alen; /* length of an arena record whose offset is still due */
     uint64_t ulen; /* uniform frame: the length of every record */
     unsigned char tmp[PMAP__HDR_SIZE];
     size_t tmp_len;
@@ -168,7 +193,15 @@ int pmap__decoder_idle(const struct pmap__decoder *d);
  * few bytes this loop is most of what each side of a pipe does per record,
  * and an indirect call per record was a fifth of it.
  */
-enum { PMAP__S_HDR, PMAP__S_REC, PMAP__S_XLEN, PMAP__S_DATA, PMAP__S_TRL, PMAP__S_ERR };
+enum {
+    PMAP__S_HDR,
+    PMAP__S_REC,
+    PMAP__S_XLEN,
+    PMAP__S_AOFF, /* an arena record's offset */
+    PMAP__S_DATA,
+    PMAP__S_TRL,
+    PMAP__S_ERR
+};
 
 /* A record that lies whole in the input: its header fields and payload.
  * Returns 0, or a status that stops the decoder. */

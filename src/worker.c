@@ -21,6 +21,7 @@
 
 #include "worker.h"
 
+#include "arena.h"
 #include "buf.h"
 #include "io.h"
 #include "wire.h"
@@ -105,6 +106,8 @@ struct wctx {
     _Atomic int batch;        /* a frame of several records is being run */
     _Atomic int wd_sleeping;  /* the watchdog waits for wakefd, not for ticks */
     int wakefd;               /* main -> watchdog: input came, look again; -1: none */
+    /* Its arena: parameters to read, results to write (empty: none). */
+    struct pmap__arena ain, aout;
 };
 
 static unsigned char empty_byte;
@@ -364,6 +367,36 @@ static PMAP__NOINLINE int w_run(struct wctx *c, const unsigned char *param, size
     return 0;
 }
 
+/* A large result goes into the arena, and the pipe carries only where it
+ * is (sent at once: the caller copies it out and so frees its region as
+ * soon as it can). 0: no room there, the pipe takes it. */
+static int w_send_arena(struct wctx *c, int rc, uint64_t task_ns)
+{
+    size_t len = c->result.len, need;
+    uint64_t off;
+
+    /* Acquire: the caller's copies out of the regions it hands back
+     * happened before this process writes them again. */
+    pmap__arena_release(&c->aout,
+                        atomic_load_explicit(&c->shm->consumed, memory_order_acquire));
+    off = pmap__arena_alloc(&c->aout, c->out_first + c->out_count, len);
+    if (off == PMAP__ARENA_NONE)
+        return 0;
+    memcpy(c->aout.base + off, c->result.data, len);
+    if (c->out_uniform && c->out_count != 0)
+        w_ununiform(c);
+    c->out_uniform = 0;
+    need = c->out.len + PMAP__REC_ASIZE;
+    if (need > c->out.cap && pmap__buf_reserve(&c->out, need) != 0)
+        w_exit(PMAP__EXIT_IO);
+    pmap__rec_arena(c->out.data + c->out.len, rc, len, off);
+    c->out.len = need;
+    c->out_count++;
+    c->out_task_ns += task_ns;
+    w_flush(c);
+    return 1;
+}
+
 /* The task left its result buffer failed (its last pmap_buf_set or
  * pmap_buf_reserve failed, whatever it returned): the record fails with
  * that status (PMAP_ETOOBIG, ...) as a status record, never as a result. */
@@ -398,6 +431,9 @@ static PMAP__NOINLINE void w_after(struct wctx *c, int rc, int timed, uint64_t t
         c->out_t0 = c->last_ns;
     if (c->result.cap == 0) {
         w_after_failed(c, task_ns);
+    } else if (c->result.len >= PMAP__ARENA_MIN && c->aout.base != NULL &&
+               w_send_arena(c, rc, task_ns)) {
+        /* sent */
     } else if (c->result.len >= BIG_RESULT) {
         w_flush(c);
         w_send_big(c, rc, task_ns);
@@ -516,7 +552,22 @@ static int w_frame_end(void *ud, const struct pmap__frame *f)
     return 0;
 }
 
-static const struct pmap__decoder_ops w_ops = {w_frame, w_record, w_record_end, w_frame_end};
+/* A parameter in the arena: the task reads it where it is. An offset outside the arena is the caller's
+ * stream gone wrong. */
+static int w_arena(void *ud, unsigned status, int code, uint64_t off, uint64_t len)
+{
+    struct wctx *c = ud;
+    const unsigned char *p = pmap__arena_at(&c->ain, off, len);
+
+    (void)status;
+    (void)code;
+    if (p == NULL)
+        w_exit(PMAP__EXIT_PROTO);
+    return w_run(c, p, (size_t)len);
+}
+
+static const struct pmap__decoder_ops w_ops = {w_frame, w_record, w_record_end, w_frame_end,
+                                               w_arena};
 
 static pid_t watchdog_parent;
 static int watchdog_pidfd = -1;
@@ -736,6 +787,17 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
     if (stage == NULL || pmap__buf_reserve(&c.out, OUT_INITIAL) != 0)
         w_exit(PMAP__EXIT_IO);
     c.out.len = PMAP__HDR_SIZE;
+    if (a->arena_fd >= 0) {
+        int afd = a->arena_fd;
+
+        /* Mapped, the descriptor is of no more use: the task never sees it.
+         * Parameters are writable here too: a task may work on its
+         * parameter in place, as it could in a buffer of the worker's. */
+        if (pmap__arena_map(&c.ain, afd, a->arena_half, 0, 1, 0) != 0 ||
+            pmap__arena_map(&c.aout, afd, a->arena_half, 1, 1, 0) != 0)
+            w_exit(PMAP__EXIT_IO);
+        pmap__close(&afd);
+    }
     c.wakefd = w_wakefd();
     /* The thread starts with every signal blocked (the fork's mask), so
      * signals keep going to the task's thread. */
@@ -822,8 +884,9 @@ int pmap__worker_spawn(const struct pmap__worker_args *a, pid_t *pid_out, int *t
         return rc;
     atomic_store(&a->shm->started, 0);
     atomic_store(&a->shm->start_ns, 0);
+    atomic_store(&a->shm->consumed, 0);
 
-    pid = pmap__fork(tp[0], rp[1], &old);
+    pid = pmap__fork(tp[0], rp[1], a->arena_fd, &old);
     if (pid == 0)
         w_main(a, tp[0], rp[1], parent, &old);
     saved = errno;

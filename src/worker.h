@@ -21,7 +21,10 @@
 struct pmap__shm_slot {
     _Atomic uint64_t started;  /* records the current process has begun */
     _Atomic uint64_t start_ns; /* CLOCK_MONOTONIC at the current record's start; 0: idle */
-    _Atomic uint64_t pad[6];
+    /* Written by the caller: results it has read, so the worker may reuse
+     * their regions of its arena (arena.h). */
+    _Atomic uint64_t consumed;
+    _Atomic uint64_t pad[5];
 };
 
 /* Everything a worker runs with. */
@@ -38,6 +41,12 @@ struct pmap__worker_args {
     /* Ignore SIGCHLD in the worker: the host did, but the fork server that
      * forks it cannot (it must collect exit statuses). */
     int sigchld_ignored;
+    /* Its arena (arena.h): a memfd of two halves of arena_half bytes that
+     * the worker maps and closes, or -1: records travel through the pipes
+     * only. A starter that cannot make one before the fork (a fork server,
+     * which has no way yet to receive one from the caller) passes -1. */
+    int arena_fd;
+    size_t arena_half;
 };
 
 /* Exit statuses of the library's own making. */

@@ -154,7 +154,7 @@ static uint32_t t_get32(const unsigned char *p)
 }
 
 #define T_MAGIC 0x50414d50u
-#define T_VERSION 3u
+#define T_VERSION 4u
 
 static void raw_hdr(unsigned char h[PMAP__HDR_SIZE], uint32_t magic, unsigned kind,
                     unsigned version, uint32_t count, uint32_t seq, uint64_t bytes, uint32_t aux)
@@ -205,6 +205,8 @@ struct seen_rec {
     uint64_t len;
     unsigned char *data;
     int ended;
+    int arena;    /* an arena record: its bytes are at `off` */
+    uint64_t off;
 };
 
 struct sink {
@@ -221,6 +223,7 @@ struct sink {
     int record_null;
     int record_end_rc;
     int frame_end_rc;
+    int arena_rc;
     unsigned char dummy;
 };
 
@@ -288,7 +291,32 @@ static int s_frame_end(void *ud, const struct pmap__frame *f)
     return s->frame_end_rc;
 }
 
-static const struct pmap__decoder_ops sink_ops = {s_frame, s_record, s_record_end, s_frame_end};
+static int s_arena(void *ud, unsigned status, int code, uint64_t off, uint64_t len)
+{
+    struct sink *s = ud;
+    struct seen_rec *r;
+
+    if (s->failed)
+        s->calls_late++;
+    if (len > s->max || len == 0)
+        s->over_max = 1;
+    assert_true(s->nrecs < 256);
+    r = &s->recs[s->nrecs++];
+    memset(r, 0, sizeof *r);
+    r->status = status;
+    r->code = code;
+    r->len = len;
+    r->off = off;
+    r->arena = 1;
+    r->ended = 1;
+    return s->arena_rc;
+}
+
+static const struct pmap__decoder_ops sink_ops = {s_frame, s_record, s_record_end, s_frame_end,
+                                                  s_arena};
+/* A receiver without an arena. */
+static const struct pmap__decoder_ops plain_ops = {s_frame, s_record, s_record_end, s_frame_end,
+                                                   NULL};
 
 static void sink_init(struct sink *s, uint64_t max)
 {
@@ -720,6 +748,20 @@ static void put_xrec(struct bytes *b, int code, uint64_t len)
     b_put(b, r, sizeof r);
 }
 
+/* An arena record header whatever its fields. */
+static void put_arec(struct bytes *b, int code, uint64_t len, uint64_t off)
+{
+    unsigned char r[PMAP__REC_ASIZE];
+    uint32_t esc = PMAP__REC_XLEN;
+    uint64_t flen = len | PMAP__REC_AFLAG;
+
+    memcpy(r, &esc, 4);
+    memcpy(r + 4, &code, 4);
+    memcpy(r + 8, &flen, 8);
+    memcpy(r + 16, &off, 8);
+    b_put(b, r, sizeof r);
+}
+
 static void put_fill(struct bytes *b, size_t n, unsigned char c)
 {
     while (n--)
@@ -795,6 +837,11 @@ enum bad_id {
     B_XLEN_OVER_MAX,
     B_XLEN_TASKERR,
     B_TASKERR_WITH_LEN,
+    B_ARENA_ZERO,
+    B_ARENA_OVER_MAX,
+    B_ARENA_HUGE,
+    B_ARENA_BYTES_LEFT,
+    B_ARENA_OVERRUN,
     B_UNI_NO_RECORDS,
     B_UNI_REMAINDER,
     B_UNI_OVER_MAX,
@@ -837,6 +884,11 @@ static const char *const bad_names[B_COUNT] = {
     "long-form length over max",
     "task error with a long-form length",
     "status record with a positive status",
+    "arena record of length 0",
+    "arena record over max",
+    "arena record of length 2^63 - 1",
+    "bytes left after an arena record",
+    "arena record overruns the frame",
     "uniform frame without records",
     "uniform bytes not a multiple of count",
     "uniform records over max",
@@ -977,6 +1029,30 @@ static void make_bad(struct bytes *b, enum bad_id id)
         /* The status record's status is a library status: negative. */
         put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE);
         put_xrec(b, 7, 0);
+        put_trl_for(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE, 0);
+        break;
+    case B_ARENA_ZERO:
+    case B_ARENA_OVER_MAX:
+    case B_ARENA_HUGE:
+        put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_ASIZE);
+        put_arec(b, 0,
+                 id == B_ARENA_ZERO       ? 0
+                 : id == B_ARENA_OVER_MAX ? BAD_MAX + 1
+                                          : ~PMAP__REC_AFLAG,
+                 0);
+        put_trl_for(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_ASIZE, 0);
+        break;
+    case B_ARENA_BYTES_LEFT:
+        /* The record says its bytes are elsewhere; the frame counts 5 here. */
+        put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_ASIZE + 5);
+        put_arec(b, 0, 5, 64);
+        put_fill(b, 5, 'a');
+        put_trl_for(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_ASIZE + 5, 0);
+        break;
+    case B_ARENA_OVERRUN:
+        /* The frame has room for a long record header, not an arena one. */
+        put_hdr(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE);
+        put_arec(b, 0, 5, 64);
         put_trl_for(b, PMAP__K_RESULTS, 1, 0, PMAP__REC_XSIZE, 0);
         break;
     case B_UNI_NO_RECORDS:
@@ -1200,7 +1276,7 @@ static unsigned char *l_record(void *ud, unsigned status, int code, uint64_t len
     return &long_byte;
 }
 
-static const struct pmap__decoder_ops long_ops = {l_frame, l_record, NULL, l_frame};
+static const struct pmap__decoder_ops long_ops = {l_frame, l_record, NULL, l_frame, NULL};
 
 /* A task error carries its message; a status record carries a library
  * status and nothing else; both decode in any split. */
@@ -1296,6 +1372,99 @@ static void test_long_record_header(void **state)
 /* ------------------------------------------------------------------------ */
 /* Errors from the callbacks                                                */
 /* ------------------------------------------------------------------------ */
+
+/* A frame mixing bytes in the stream with arena records (a success and a
+ * task error): the encoder's form is the test's, and the decoder reports
+ * each arena record once, with its fields, whatever the split. */
+static void arena_frame(struct bytes *b)
+{
+    unsigned char r[PMAP__REC_ASIZE];
+    uint64_t bytes = 2 * PMAP__REC_SIZE + 10 + 3 + 2 * PMAP__REC_ASIZE;
+
+    put_hdr(b, PMAP__K_RESULTS, 4, 5, bytes);
+    put_rec(b, 0, 10);
+    put_fill(b, 10, 'p');
+    assert_int_equal(pmap__rec_arena(r, 0, 1000, 4096), PMAP__REC_ASIZE);
+    b_put(b, r, sizeof r);
+    assert_int_equal(pmap__rec_arena(r, 7, BAD_MAX, 64), PMAP__REC_ASIZE);
+    b_put(b, r, sizeof r);
+    put_rec(b, 0, 3);
+    put_fill(b, 3, 'q');
+    put_trl_for(b, PMAP__K_RESULTS, 4, 5, bytes, 0);
+}
+
+static void test_arena_records(void **state)
+{
+    struct bytes b = {0}, a = {0};
+    int sp;
+
+    (void)state;
+    arena_frame(&b);
+    put_arec(&a, 0, 1, 0); /* the encoder writes what the test's copy does */
+    {
+        unsigned char r[PMAP__REC_ASIZE];
+
+        pmap__rec_arena(r, 0, 1, 0);
+        assert_memory_equal(r, a.p, PMAP__REC_ASIZE);
+    }
+    for (sp = 0; sp < 2; sp++) {
+        struct pmap__decoder d;
+        struct sink s;
+        size_t off;
+
+        sink_init(&s, 1000);
+        pmap__decoder_init(&d, &sink_ops, &s, 1000);
+        if (sp == 0)
+            assert_int_equal(pmap__decode(&d, b.p, b.len), 0);
+        for (off = 0; sp == 1 && off < b.len; off++)
+            assert_int_equal(pmap__decode(&d, b.p + off, 1), 0);
+        assert_true(pmap__decoder_idle(&d));
+        assert_int_equal(s.nends, 1);
+        assert_int_equal(s.nrecs, 4);
+        assert_false(s.over_max);
+        assert_false(s.recs[0].arena);
+        assert_int_equal(s.recs[0].len, 10);
+        assert_true(s.recs[1].arena);
+        assert_int_equal(s.recs[1].status, PMAP__R_OK);
+        assert_int_equal(s.recs[1].len, 1000);
+        assert_int_equal(s.recs[1].off, 4096);
+        assert_true(s.recs[2].arena);
+        assert_int_equal(s.recs[2].status, PMAP__R_TASKERR);
+        assert_int_equal(s.recs[2].code, 7);
+        assert_int_equal(s.recs[2].len, BAD_MAX);
+        assert_int_equal(s.recs[2].off, 64);
+        assert_false(s.recs[3].arena);
+        assert_int_equal(s.recs[3].len, 3);
+        assert_memory_equal(s.recs[3].data, "qqq", 3);
+        sink_free(&s);
+    }
+    /* A receiver without an arena refuses the record, and the
+     * receiver's own verdict on a record (an offset outside its view of
+     * the arena) stops the decoder. */
+    {
+        struct pmap__decoder d;
+        struct sink s;
+
+        sink_init(&s, 1u << 20);
+        pmap__decoder_init(&d, &plain_ops, &s, 1000);
+        assert_int_equal(pmap__decode(&d, b.p, b.len), PMAP_EPROTO);
+        assert_int_equal(s.nends, 0);
+        assert_int_equal(s.nrecs, 1);
+        sink_free(&s);
+        sink_init(&s, 1u << 20);
+        s.arena_rc = PMAP_EPROTO;
+        pmap__decoder_init(&d, &sink_ops, &s, 1000);
+        assert_int_equal(pmap__decode(&d, b.p, b.len), PMAP_EPROTO);
+        s.failed = 1;
+        assert_int_equal(pmap__decode(&d, b.p, b.len), PMAP_EPROTO);
+        assert_int_equal(s.nends, 0);
+        assert_int_equal(s.nrecs, 2);
+        assert_int_equal(s.calls_late, 0);
+        sink_free(&s);
+    }
+    b_free(&b);
+    b_free(&a);
+}
 
 enum inject { I_FRAME, I_RECORD_NULL, I_RECORD_END, I_FRAME_END };
 
@@ -1413,6 +1582,7 @@ int main(void)
         cmocka_unit_test(test_long_record_header),
         cmocka_unit_test(test_error_payload_and_status_record),
         cmocka_unit_test(test_callback_errors),
+        cmocka_unit_test(test_arena_records),
         cmocka_unit_test(test_use_frame),
     };
 

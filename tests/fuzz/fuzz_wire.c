@@ -9,7 +9,8 @@
  * same callbacks and end with the same status; every record announced must
  * be within the limit (so nothing is ever allocated beyond it), and every
  * payload must land exactly in the room the callback gave (ASan checks the
- * bounds of each exact-size allocation).
+ * bounds of each exact-size allocation). Arena records (wire version 4)
+ * are announced within the limit too, never with length 0.
  */
 #include "wire.h"
 
@@ -123,7 +124,28 @@ static int on_frame_end(void *ud, const struct pmap__frame *f)
     return 0;
 }
 
-static const struct pmap__decoder_ops ops = {on_frame, on_record, on_record_end, on_frame_end};
+/* An arena record: announced within the limit and never 0 bytes long; the
+ * offset is the receiver's to check (pool.c, worker.c), so it is only
+ * hashed here. */
+static int on_arena(void *ud, unsigned status, int code, uint64_t off, uint64_t len)
+{
+    struct sink *s = ud;
+
+    CHECK(s->in_frame && !s->in_record);
+    CHECK(len > 0 && len <= s->max);
+    CHECK(s->records < s->frame_count);
+    CHECK(status == PMAP__R_OK || status == PMAP__R_TASKERR);
+    CHECK((status == PMAP__R_OK) == (code == 0));
+    mixin(s, 5);
+    mixin(s, (uint64_t)(uint32_t)code);
+    mixin(s, off);
+    mixin(s, len);
+    s->records++;
+    return 0;
+}
+
+static const struct pmap__decoder_ops ops = {on_frame, on_record, on_record_end, on_frame_end,
+                                             on_arena};
 
 static uint64_t rng_next(uint64_t *st)
 {

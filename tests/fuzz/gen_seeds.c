@@ -201,6 +201,27 @@ int main(int argc, char **argv)
     }
     rc |= save(argv[1], "each");
 
+    start(4, 12); /* arena records (a success, a task error) between bytes in the stream */
+    {
+        struct pmap__frame f = {PMAP__K_RESULTS, 3, 0, 0, 0, 0};
+        unsigned char h[PMAP__HDR_SIZE], r[PMAP__REC_XSIZE], a1[PMAP__REC_ASIZE];
+        unsigned char a2[PMAP__REC_ASIZE], t[PMAP__TRL_SIZE];
+        size_t rn = pmap__rec_hdr(r, 0, 4);
+
+        pmap__rec_arena(a1, 0, 4096, 0);
+        pmap__rec_arena(a2, 3, 100, 4096);
+        f.bytes = sizeof a1 + rn + 4 + sizeof a2;
+        pmap__frame_hdr(h, &f);
+        pmap__frame_trl(t, &f);
+        put(h, sizeof h);
+        put(a1, sizeof a1);
+        put(r, rn);
+        put("abcd", 4);
+        put(a2, sizeof a2);
+        put(t, sizeof t);
+    }
+    rc |= save(argv[1], "arena");
+
     start(8 | 2, 7); /* the frame callback refuses RESULTS frames */
     records(PMAP__K_RESULTS, 0, 2, lens + 1, NULL);
     rc |= save(argv[1], "refused");

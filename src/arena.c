@@ -1,0 +1,216 @@
+/*
+ * Shared memory for large records: the arena of one worker (see arena.h
+ * for the layout and the hand-over rule) and the writer's allocator.
+ *
+ * Regions are handed back in the order they were taken (results come back
+ * in the order their parameters went out, and are read in that order), so
+ * the allocator is a ring of regions, oldest first. It goes back to the
+ * start of the half as soon as the record there is done with, rather than
+ * on to the end, so that the pages in use are those of the bytes in
+ * flight: records of 1 MiB, three in flight, stay within 3-4 MiB of a
+ * half of hundreds.
+ */
+#ifdef __linux__
+#define _GNU_SOURCE /* memfd_create, F_ADD_SEALS, MADV_DONTFORK */
+#endif
+#define _POSIX_C_SOURCE 200809L
+
+#include "arena.h"
+
+#include "io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#if defined(__linux__) && defined(MFD_CLOEXEC) && defined(F_ADD_SEALS) && defined(MADV_DONTFORK)
+#define HAVE_ARENA 1
+#else
+#define HAVE_ARENA 0
+#endif
+
+#define ALIGN 64u
+
+size_t pmap__arena_half(size_t max_record)
+{
+#if HAVE_ARENA
+    size_t half, page = (size_t)sysconf(_SC_PAGESIZE);
+
+    if (max_record < PMAP__ARENA_MIN)
+        return 0;
+    half = max_record > PMAP__ARENA_HALF_MAX / PMAP__ARENA_SPAN ? PMAP__ARENA_HALF_MAX
+                                                                 : max_record * PMAP__ARENA_SPAN;
+    return (half + page - 1) / page * page;
+#else
+    (void)max_record;
+    return 0;
+#endif
+}
+
+int pmap__arena_open(size_t half, int *fd)
+{
+#if HAVE_ARENA
+    int rc = pmap__memfd_open("pmap-arena", fd);
+
+    if (rc != 0)
+        return rc;
+    /* Fixed for good: no one, not even a worker with the descriptor,
+     * can shrink the file under a mapping of the other side. */
+    if (ftruncate(*fd, (off_t)(2 * half)) != 0 ||
+        fcntl(*fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        pmap__close(fd); /* keeps errno */
+        return PMAP_ESYS;
+    }
+    return 0;
+#else
+    (void)half;
+    *fd = -1;
+    errno = ENOSYS;
+    return PMAP_ESYS;
+#endif
+}
+
+int pmap__arena_map(struct pmap__arena *a, int fd, size_t half, int which, int writable,
+                    int dontfork)
+{
+    void *p;
+
+    memset(a, 0, sizeof *a);
+    p = mmap(NULL, half, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd,
+             which ? (off_t)half : 0);
+    if (p == MAP_FAILED)
+        return PMAP_ESYS;
+#if HAVE_ARENA
+    if (dontfork && madvise(p, half, MADV_DONTFORK) != 0) {
+        int saved = errno;
+
+        munmap(p, half);
+        errno = saved;
+        return PMAP_ESYS;
+    }
+#else
+    (void)dontfork;
+#endif
+    a->base = p;
+    a->size = half;
+    a->populate = 1;
+    return 0;
+}
+
+void pmap__arena_forget(struct pmap__arena *a)
+{
+    free(a->reg);
+    memset(a, 0, sizeof *a);
+}
+
+void pmap__arena_unmap(struct pmap__arena *a)
+{
+    if (a->base != NULL)
+        munmap(a->base, a->size);
+    pmap__arena_forget(a);
+}
+
+static struct pmap__region *reg_at(const struct pmap__arena *a, uint32_t i)
+{
+    return (struct pmap__region *)pmap__arena_reg(a, i);
+}
+
+static int reg_push(struct pmap__arena *a, uint64_t seq, size_t off, size_t end)
+{
+    struct pmap__region *r;
+
+    if (a->reg_n == a->reg_cap) {
+        uint32_t ncap = a->reg_cap ? a->reg_cap * 2 : 8, i;
+        struct pmap__region *n;
+
+        if (ncap == 0)
+            return PMAP_ENOMEM;
+        n = malloc((size_t)ncap * sizeof *n);
+        if (n == NULL)
+            return PMAP_ENOMEM;
+        for (i = 0; i < a->reg_n; i++)
+            n[i] = *reg_at(a, i);
+        free(a->reg);
+        a->reg = n;
+        a->reg_cap = ncap;
+        a->reg_first = 0;
+    }
+    r = reg_at(a, a->reg_n);
+    r->seq = seq;
+    r->off = off;
+    r->end = end;
+    a->reg_n++;
+    return 0;
+}
+
+/* Fault in [hwm, end) ahead of the copy, so that memory running out is
+ * an error here (the record takes the pipe) rather than a SIGBUS in the
+ * middle of a copy. 0, or -1: no room. */
+static int populate(struct pmap__arena *a, size_t end)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+
+    end = (end + page - 1) / page * page;
+    if (end > a->size)
+        end = a->size;
+#ifdef MADV_POPULATE_WRITE
+    if (a->populate && madvise(a->base + a->hwm, end - a->hwm, MADV_POPULATE_WRITE) != 0) {
+        if (errno != EINVAL)
+            return -1;
+        a->populate = 0; /* a kernel before 5.14: take the chance */
+    }
+#endif
+    a->hwm = end;
+    return 0;
+}
+
+uint64_t pmap__arena_alloc(struct pmap__arena *a, uint64_t seq, size_t len)
+{
+    size_t need, off;
+
+    if (a->base == NULL || len == 0 || len > a->size - ALIGN)
+        return PMAP__ARENA_NONE;
+    need = (len + ALIGN - 1) & ~(size_t)(ALIGN - 1);
+    if (a->reg_n == 0) {
+        off = 0;
+    } else {
+        const struct pmap__region *old = reg_at(a, 0), *last = reg_at(a, a->reg_n - 1);
+
+        if (last->off >= old->off) {
+            /* In use: [old->off, last->end). Back to the start first. */
+            if (need <= old->off)
+                off = 0;
+            else if (need <= a->size - last->end)
+                off = last->end;
+            else
+                return PMAP__ARENA_NONE;
+        } else {
+            /* In use: [old->off, size) and [0, last->end). */
+            if (need > old->off - last->end)
+                return PMAP__ARENA_NONE;
+            off = last->end;
+        }
+    }
+    if (off + need > a->hwm && populate(a, off + need) != 0)
+        return PMAP__ARENA_NONE;
+    if (reg_push(a, seq, off, off + need) != 0)
+        return PMAP__ARENA_NONE;
+    return off;
+}
+
+void pmap__arena_unalloc(struct pmap__arena *a, uint64_t seq)
+{
+    while (a->reg_n != 0 && reg_at(a, a->reg_n - 1)->seq >= seq)
+        a->reg_n--;
+}
+
+void pmap__arena_release_slow(struct pmap__arena *a, uint64_t seq)
+{
+    while (a->reg_n != 0 && a->reg[a->reg_first].seq < seq) {
+        a->reg_first = (a->reg_first + 1) & (a->reg_cap - 1);
+        a->reg_n--;
+    }
+}
