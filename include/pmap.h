@@ -297,7 +297,9 @@ typedef struct pmap_options {
     unsigned long max_tasks_per_worker;
     /** Per-record time limit in milliseconds, counted from the moment the
      *  record's task starts; an item over it is PMAP_ETIMEOUT and its
-     *  worker is killed and replaced. 0: no limit. */
+     *  worker is killed and replaced. A worker found already dead when
+     *  the limit is checked (the caller was busy elsewhere) was not
+     *  killed for it: its record is PMAP_ECRASH. 0: no limit. */
     unsigned task_timeout_ms;
     /** Largest parameter or result record in bytes; 0: 1 GiB. */
     size_t max_record_bytes;
