@@ -11,7 +11,7 @@
  * half of hundreds.
  */
 #ifdef __linux__
-#define _GNU_SOURCE /* memfd_create, F_ADD_SEALS, MADV_DONTFORK */
+#define _GNU_SOURCE /* memfd_create, F_ADD_SEALS */
 #endif
 #define _POSIX_C_SOURCE 200809L
 
@@ -21,18 +21,104 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
-#if defined(__linux__) && defined(MFD_CLOEXEC) && defined(F_ADD_SEALS) && defined(MADV_DONTFORK)
+#if defined(__linux__) && defined(MFD_CLOEXEC) && defined(F_ADD_SEALS)
 #define HAVE_ARENA 1
 #else
 #define HAVE_ARENA 0
 #endif
 
 #define ALIGN 64u
+
+/* The caller's arena mappings, which children must not have: every child
+ * unmaps them at once, in an atfork handler (workers map their own).
+ * Not MADV_DONTFORK: valgrind does not know it, and its leak check in a
+ * child would scan gigabytes that are not there, one fault per word;
+ * and a child's own unmapping can only ever hit the inherited mapping
+ * (nothing else can be at those addresses), where an unmapping of a range
+ * the kernel left out could hit what another atfork handler mapped first.
+ * Inherited until then, a shared mapping costs the fork no page copies. */
+struct listed {
+    void *base;
+    size_t size;
+};
+static pthread_mutex_t list_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t list_once = PTHREAD_ONCE_INIT;
+static struct listed *list;
+static size_t list_n, list_cap;
+static int list_hooked;
+
+static void list_prepare(void)
+{
+    pthread_mutex_lock(&list_lock);
+}
+
+static void list_parent(void)
+{
+    pthread_mutex_unlock(&list_lock);
+}
+
+static void list_child(void)
+{
+    size_t i;
+
+    for (i = 0; i < list_n; i++)
+        (void)munmap(list[i].base, list[i].size);
+    list_n = 0;
+    /* The forking thread held the lock; the child has that thread only. */
+    pthread_mutex_init(&list_lock, NULL);
+}
+
+static void list_hook(void)
+{
+    list_hooked = pthread_atfork(list_prepare, list_parent, list_child) == 0;
+}
+
+static int list_add(void *base, size_t size)
+{
+    int rc = 0;
+
+    (void)pthread_once(&list_once, list_hook);
+    if (!list_hooked)
+        return PMAP_ESYS; /* no arena then: the record takes the pipe */
+    pthread_mutex_lock(&list_lock);
+    if (list_n == list_cap) {
+        size_t ncap = list_cap ? list_cap * 2 : 16;
+        struct listed *n = realloc(list, ncap * sizeof *n);
+
+        if (n == NULL) {
+            rc = PMAP_ENOMEM;
+        } else {
+            list = n;
+            list_cap = ncap;
+        }
+    }
+    if (rc == 0) {
+        list[list_n].base = base;
+        list[list_n].size = size;
+        list_n++;
+    }
+    pthread_mutex_unlock(&list_lock);
+    return rc;
+}
+
+static void list_remove(void *base)
+{
+    size_t i;
+
+    pthread_mutex_lock(&list_lock);
+    for (i = 0; i < list_n; i++)
+        if (list[i].base == base) {
+            list[i] = list[--list_n];
+            break;
+        }
+    pthread_mutex_unlock(&list_lock);
+}
 
 size_t pmap__arena_half(size_t max_record)
 {
@@ -84,13 +170,12 @@ int pmap__arena_map(struct pmap__arena *a, int fd, size_t half, int which, int w
     if (p == MAP_FAILED)
         return PMAP_ESYS;
 #if HAVE_ARENA
-    if (dontfork && madvise(p, half, MADV_DONTFORK) != 0) {
-        int saved = errno;
-
+    if (dontfork && list_add(p, half) != 0) {
         munmap(p, half);
-        errno = saved;
-        return PMAP_ESYS;
+        errno = ENOMEM;
+        return PMAP_ENOMEM;
     }
+    a->listed = dontfork;
 #else
     (void)dontfork;
 #endif
@@ -108,8 +193,11 @@ void pmap__arena_forget(struct pmap__arena *a)
 
 void pmap__arena_unmap(struct pmap__arena *a)
 {
-    if (a->base != NULL)
+    if (a->base != NULL) {
+        if (a->listed)
+            list_remove(a->base);
         munmap(a->base, a->size);
+    }
     pmap__arena_forget(a);
 }
 

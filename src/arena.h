@@ -67,6 +67,7 @@ struct pmap__arena {
     /* The writer's regions in use, oldest first: a ring of reg_cap. */
     struct pmap__region *reg;
     uint32_t reg_cap, reg_first, reg_n;
+    int listed; /* in the list of mappings children unmap (dontfork) */
 };
 
 /* The writer's i-th region in use, oldest first (i < reg_n). */
