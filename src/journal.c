@@ -51,7 +51,8 @@
  * One process at a time holds a journal: flock(LOCK_EX | LOCK_NB) on its
  * own open file description. The descriptor is close-on-exec and in
  * libpmap's registry, so workers forked later close it at once and never
- * hold the lock.
+ * hold the lock (and pmap_journal_close unlocks before it closes, for a
+ * worker that has not got that far yet).
  */
 #define _POSIX_C_SOURCE 200809L
 #if defined(__linux__) && !defined(_GNU_SOURCE)
@@ -907,6 +908,11 @@ int pmap_journal_close(pmap_journal *j)
     if (j->iter != NULL)
         return PMAP_EBUSY;
     rc = sync_out(j);
+    /* Unlocked explicitly, not by the close: a worker forked a moment ago
+     * may not have closed its copy of the descriptor yet, and the lock
+     * belongs to the open file description they share, so a reopen right
+     * after this call would meet EWOULDBLOCK. */
+    (void)flock(j->fd, LOCK_UN);
     journal_free(j);
     return rc;
 }
