@@ -301,7 +301,10 @@ typedef struct pmap_options {
      *  the limit is checked (the caller was busy elsewhere) was not
      *  killed for it: its record is PMAP_ECRASH. 0: no limit. */
     unsigned task_timeout_ms;
-    /** Largest parameter or result record in bytes; 0: 1 GiB. */
+    /** Largest parameter or result record in bytes; 0: 1 GiB. Set
+     *  between 1 MiB and 128 MiB with the fork start method on Linux,
+     *  records of 1 MiB or more travel through shared memory (each
+     *  worker's arena is sized from it); otherwise through the pipes. */
     size_t max_record_bytes;
     /** Run once in every new worker before its first record; a non-zero
      *  return is a failed start (see pmap_pool_create() and PMAP_EWORKER).

@@ -125,10 +125,13 @@ size_t pmap__arena_half(size_t max_record)
 #if HAVE_ARENA
     size_t half, page = (size_t)sysconf(_SC_PAGESIZE);
 
-    if (max_record < PMAP__ARENA_MIN)
+    /* Only a bounded max_record_bytes gets an arena: the default (1 GiB)
+     * would map gigabytes per worker, and whatever scans a worker's
+     * memory at its exit (valgrind's leak check: minutes per test suite)
+     * pays for every byte of it. */
+    if (max_record < PMAP__ARENA_MIN || max_record > PMAP__ARENA_HALF_MAX / PMAP__ARENA_SPAN)
         return 0;
-    half = max_record > PMAP__ARENA_HALF_MAX / PMAP__ARENA_SPAN ? PMAP__ARENA_HALF_MAX
-                                                                 : max_record * PMAP__ARENA_SPAN;
+    half = max_record * PMAP__ARENA_SPAN;
     return (half + page - 1) / page * page;
 #else
     (void)max_record;

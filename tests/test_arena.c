@@ -231,6 +231,7 @@ static void test_roundtrip_mixed_sizes(void **state)
     before = shared_maps();
     pmap_options_init(&opt);
     opt.workers = 2;
+    opt.max_record_bytes = 4 * MIB; /* bounded: the pool uses arenas */
     pool = pmap_pool_create(where_task, NULL, &opt);
     assert_non_null(pool);
     run_sizes(pool, 1, 2 * NSIZES);

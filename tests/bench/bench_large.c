@@ -111,6 +111,8 @@ static double run_echo(size_t size, uint64_t n)
 
     pmap_options_init(&opt);
     opt.workers = (int)bu_env_long("BENCH_WORKERS", 0);
+    /* Bounded, as a program with large records bounds them: arenas then. */
+    opt.max_record_bytes = size < ((size_t)1 << 20) ? ((size_t)1 << 20) : size;
     pool = pmap_pool_create(task_echo, NULL, &opt);
     if (pool == NULL) {
         perror("pmap_pool_create");
