@@ -479,7 +479,9 @@ struct hook_ctx {
 };
 
 /* What the tasks of one worker keep (reachable, not leaked). */
-static void *grown[64];
+/* volatile: an optimizer may otherwise drop memory nothing reads, and
+ * with it the growth (gcc -O2 removed the malloc and the memset). */
+static void *volatile grown[64];
 static size_t n_grown;
 
 static void emit(const struct hook_ctx *h, char kind)
@@ -520,10 +522,12 @@ static int hook_task(void *ctx, const void *param, size_t len, pmap_buf *out)
         abort();
     }
     if (h->grow != 0 && n_grown < sizeof grown / sizeof grown[0]) {
-        grown[n_grown] = malloc(h->grow);
-        if (grown[n_grown] == NULL)
+        void *p = malloc(h->grow);
+
+        if (p == NULL)
             return 98;
-        memset(grown[n_grown++], 1, h->grow);
+        memset(p, 1, h->grow);
+        grown[n_grown++] = p;
         {
             /* Longer than the worker's 10 ms between looks at its RSS, so
              * it sees the growth on a fast, idle machine too. */
