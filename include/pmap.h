@@ -297,7 +297,9 @@ typedef struct pmap_options {
     unsigned long max_tasks_per_worker;
     /** Per-record time limit in milliseconds, counted from the moment the
      *  record's task starts; an item over it is PMAP_ETIMEOUT and its
-     *  worker is killed and replaced. 0: no limit. */
+     *  worker is killed and replaced. A worker found already dead when
+     *  the limit is checked (the caller was busy elsewhere) was not
+     *  killed for it: its record is PMAP_ECRASH. 0: no limit. */
     unsigned task_timeout_ms;
     /** Largest parameter or result record in bytes; 0: 1 GiB. */
     size_t max_record_bytes;
@@ -534,8 +536,8 @@ typedef struct pmap_item {
  *
  * Returns PMAP_OK with *item filled; PMAP_DONE when every record has been
  * returned; or a negative status when the map failed as a whole
- * (PMAP_EGEN, PMAP_ESYS, PMAP_EWORKER, PMAP_ENOMEM; or the status of a
- * failed generator buffer, PMAP_ETOOBIG, see pmap_buf_set()), after every record
+ * (PMAP_EGEN, PMAP_ESYS, PMAP_EWORKER, PMAP_ENOMEM, PMAP_EJOURNAL; or the
+ * status of a failed generator buffer, PMAP_ETOOBIG, see pmap_buf_set()), after every record
  * generated before the failure has been returned. After PMAP_DONE or a
  * failure, further calls return the same value. PMAP_EINVAL for NULL
  * arguments, and in a process that inherited the iterator through fork().
@@ -635,6 +637,11 @@ PMAP_API int pmap_iter_gen_error(const pmap_iter *it);
  * file), plus a fixed 2 MiB of buffers and up to 1 MiB of index slack.
  * Workers never hold its descriptor or its lock. A stored result larger
  * than the pool's max_record_bytes is handed out as PMAP_ETOOBIG.
+ *
+ * An item is known by its index and the hash of its parameter bytes only:
+ * a map with another task or ctx (pmap_imap_task(), another pool) over the
+ * same records would be handed the first one's results. Keep one journal
+ * per task, or put what tells the tasks apart into the records.
  */
 
 /** An open journal file. Opaque; see pmap_journal_open(). */

@@ -172,6 +172,21 @@ static int set_cloexec(int fd)
         return -1;
     return 0;
 }
+
+/* Both ends of a new pipe or socket pair close-on-exec, or both closed:
+ * 0 or -1 with errno. */
+static int set_cloexec_pair(int p[2])
+{
+    if (set_cloexec(p[0]) != 0 || set_cloexec(p[1]) != 0) {
+        int saved = errno;
+
+        close(p[0]);
+        close(p[1]);
+        errno = saved;
+        return -1;
+    }
+    return 0;
+}
 #endif
 
 /* Keep libpmap's descriptors above stdin/stdout/stderr, so that a task
@@ -204,14 +219,8 @@ int pmap__pipe(int fds[2])
     rc = pipe2(p, O_CLOEXEC);
 #else
     rc = pipe(p);
-    if (rc == 0 && (set_cloexec(p[0]) != 0 || set_cloexec(p[1]) != 0)) {
-        int saved = errno;
-
-        close(p[0]);
-        close(p[1]);
-        errno = saved;
-        rc = -1;
-    }
+    if (rc == 0)
+        rc = set_cloexec_pair(p);
 #endif
     if (rc != 0) {
         pmap__fdreg_unlock();
@@ -651,20 +660,14 @@ int pmap__socketpair(int fds[2])
 {
     int sv[2], rc, type = SOCK_STREAM;
 
-#ifdef SOCK_CLOEXEC
+#ifdef __linux__
     type |= SOCK_CLOEXEC;
 #endif
     pmap__fdreg_lock();
     rc = socketpair(AF_UNIX, type, 0, sv);
-#ifndef SOCK_CLOEXEC
-    if (rc == 0 && (set_cloexec(sv[0]) != 0 || set_cloexec(sv[1]) != 0)) {
-        int saved = errno;
-
-        close(sv[0]);
-        close(sv[1]);
-        errno = saved;
-        rc = -1;
-    }
+#ifndef __linux__
+    if (rc == 0)
+        rc = set_cloexec_pair(sv);
 #endif
     if (rc != 0) {
         pmap__fdreg_unlock();
@@ -747,7 +750,7 @@ static void take_fds_locked(struct msghdr *m, int *fds, int maxfds, int *nfds, i
             int fd;
 
             memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-#ifndef MSG_CMSG_CLOEXEC
+#ifndef __linux__
             (void)set_cloexec(fd);
 #endif
             if (*nfds >= maxfds) {
@@ -772,7 +775,7 @@ int pmap__msg_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *n
     size_t off = 0;
     int got = 0, bad = 0, flags = MSG_DONTWAIT, i;
 
-#ifdef MSG_CMSG_CLOEXEC
+#ifdef __linux__
     flags |= MSG_CMSG_CLOEXEC;
 #endif
     if (maxfds > MSG_FDS_MAX)

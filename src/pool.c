@@ -1005,6 +1005,7 @@ static void check_timeout(struct pool *p, struct worker *w, uint64_t now, uint64
 {
     struct pmap__shm_slot *s = &p->shm[w->id];
     uint64_t a, t, b;
+    int code = -1;
 
     a = atomic_load_explicit(&s->started, memory_order_acquire);
     t = atomic_load_explicit(&s->start_ns, memory_order_acquire);
@@ -1014,6 +1015,14 @@ static void check_timeout(struct pool *p, struct worker *w, uint64_t now, uint64
 
         if (now < due) {
             earliest(next, due);
+            return;
+        }
+        /* Gone already, its end not yet read (the caller was away longer
+         * than the limit, e.g. a slow consumer): the worker died on its
+         * own, not by a kill for the limit, so the record is the crash it
+         * was (ETIMEOUT says its worker was killed). */
+        if (reap(w, 0, &code)) {
+            settle_gone(p, w, code, now);
             return;
         }
         w->blame = a - 1;

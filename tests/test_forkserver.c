@@ -463,6 +463,67 @@ static void test_early_free(void **state)
     tu_snap_check(&snap);
 }
 
+/* An event loop (DESIGN §10) on a server pool: the server's news of exits
+ * wakes it like the pipes do, so crashes, a timeout and replacements come
+ * through without a busy loop. */
+static void test_event_loop(void **state)
+{
+    enum { N = 12 };
+    struct tu_snap snap;
+    pmap_options opt;
+    pmap_pool *pool;
+    pmap_iter *it;
+    pmap_item item;
+    struct fo_plan *pl = fo_plan_new(N, FO_ECHO, 0);
+    int seen[N], rc = PMAP_EAGAIN, fd;
+    unsigned wakeups = 0, i;
+
+    (void)state;
+    tu_snap_take(&snap);
+    memset(seen, 0, sizeof seen);
+    pl->ops[2].kind = FO_ABORT;
+    pl->ops[6].kind = FO_EXIT;
+    pl->ops[6].arg = 3;
+    pl->ops[9].kind = FO_SLEEP;
+    pl->ops[9].arg = 60000;
+    opts(&opt, PMAP_START_FORKSERVER, 2);
+    opt.task_timeout_ms = FAULT_LIMIT_MS;
+    pool = pmap_pool_create(fs_task, NULL, &opt);
+    assert_non_null(pool);
+    it = pmap_imap_unordered(pool, fo_gen, pl);
+    assert_non_null(it);
+    fd = pmap_iter_fd(it);
+    assert_true(fd >= 0);
+    while (rc != PMAP_DONE) {
+        struct pollfd pfd = {fd, POLLIN, 0};
+
+        assert_true(poll(&pfd, 1, pmap_iter_timeout(it)) >= 0 || errno == EINTR);
+        wakeups++;
+        while ((rc = pmap_try_next(it, &item)) == PMAP_OK) {
+            assert_true(item.index < N && !seen[item.index]);
+            seen[item.index] = 1;
+            if (item.index == 2)
+                assert_true(item.status == PMAP_ECRASH && item.code == SIGABRT);
+            else if (item.index == 6)
+                assert_true(item.status == PMAP_ECRASH && fo_exit_code_ok(item.code, 3));
+            else if (item.index == 9)
+                assert_int_equal(item.status, PMAP_ETIMEOUT);
+            else
+                assert_int_equal(item.status, PMAP_OK);
+        }
+        assert_true(rc == PMAP_EAGAIN || rc == PMAP_DONE);
+    }
+    for (i = 0; i < N; i++)
+        assert_true(seen[i]);
+    /* A loop that spun would wake thousands of times over the timeout. */
+    print_message("event loop: %u wakeups\n", wakeups);
+    assert_true(wakeups < 300);
+    assert_int_equal(pmap_iter_free(it), PMAP_OK);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    fo_plan_free(pl);
+    tu_snap_check(&snap);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Caller death, the host's fork                                            */
 /* ------------------------------------------------------------------------ */
@@ -700,6 +761,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sigchld_ignored, arm, disarm),
         cmocka_unit_test_setup_teardown(test_worker_init, arm, disarm),
         cmocka_unit_test_setup_teardown(test_early_free, arm, disarm),
+        cmocka_unit_test_setup_teardown(test_event_loop, arm, disarm),
         cmocka_unit_test_setup_teardown(test_caller_death, arm, disarm),
         cmocka_unit_test_setup_teardown(test_inherited_pool_inert, arm, disarm),
         cmocka_unit_test_setup_teardown(test_pools_side_by_side, arm, disarm),

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -871,6 +872,50 @@ static void run_task_per_map(int start_method)
     tu_snap_check(&snap);
 }
 
+/* A consumer slower than the time limit: a record whose worker died
+ * meanwhile is its crash, not a timeout (the deadline is checked before
+ * the worker's end is read). */
+static void test_crash_seen_late(void **state)
+{
+    struct tu_snap snap;
+    struct tu_range r = {0, 12};
+    struct timespec ts = {0, 300 * 1000 * 1000};
+    pmap_options opt;
+    pmap_pool *pool;
+    pmap_iter *it;
+    pmap_item item;
+    int rc, seen = 0;
+
+    (void)state;
+    tu_snap_take(&snap);
+    pmap_options_init(&opt);
+    opt.workers = 1;
+    opt.chunk = 1;
+    opt.task_timeout_ms = 100;
+    pool = pmap_pool_create(task_affine, (void *)&ctx_b2, &opt);
+    assert_non_null(pool);
+    it = pmap_imap(pool, tu_range_gen, &r);
+    assert_non_null(it);
+    while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+        if (item.index == 5) {
+            assert_int_equal(item.status, PMAP_ECRASH);
+            assert_int_equal(item.code, SIGKILL);
+        } else {
+            assert_int_equal(item.status, PMAP_OK);
+        }
+        /* Away while record 5, already queued to the worker, kills it. */
+        if (item.index == 4)
+            while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+                ;
+        seen++;
+    }
+    assert_int_equal(rc, PMAP_DONE);
+    assert_int_equal(seen, 12);
+    assert_int_equal(pmap_iter_free(it), PMAP_OK);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    tu_snap_check(&snap);
+}
+
 static void test_task_per_map(void **state)
 {
     (void)state;
@@ -901,6 +946,7 @@ int main(void)
         cmocka_unit_test(test_worker_exit_at_destroy),
         cmocka_unit_test(test_task_per_map),
         cmocka_unit_test(test_task_per_map_forkserver),
+        cmocka_unit_test(test_crash_seen_late),
     };
 
     under_valgrind = pre != NULL && strstr(pre, "vgpreload") != NULL;
