@@ -1651,4 +1651,5 @@ static void be_set_task(void *be, pmap_task_fn fn, void *ctx)
 const struct pmap__backend_ops pmap__process_ops = {
     be_create, be_destroy, be_release, be_nworkers, be_room,    be_inflight,
     be_submit, be_pump,    be_cancel,  be_begin,    be_fd,      be_timeout, be_set_task,
+    NULL, /* auto_window: the iterator's own */
 };
