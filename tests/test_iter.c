@@ -227,6 +227,7 @@ static const struct pmap__backend_ops fake_ops = {
     fake_submit, fake_pump,    fake_cancel,  fake_begin,    NULL,      NULL,
     NULL, /* set_task: no task per map (pmap_imap_task is refused) */
     NULL, /* auto_window: the iterator's own */
+    NULL, NULL, /* no shared blocks */
 };
 
 /* A backend that asks for a wider automatic window (as the MPI root does). */
