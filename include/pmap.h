@@ -203,7 +203,9 @@ PMAP_API void *pmap_buf_reserve(pmap_buf *buf, size_t len);
  * `param`/`len` is the record: param is never NULL, even when len is 0, it
  * is aligned to at least 8 bytes (a record of fixed-size integers or doubles
  * may be read through a pointer of its type), and the bytes are valid during
- * the call only.
+ * the call only. They are read-only: a large parameter (see
+ * max_record_bytes) may be in memory the worker can only read, where a
+ * write kills the worker (PMAP_ECRASH); copy what the task must change.
  * Write the result into `out` with pmap_buf_set() or pmap_buf_reserve(); an
  * untouched `out` is an empty result (len 0).
  *
@@ -304,7 +306,10 @@ typedef struct pmap_options {
     /** Largest parameter or result record in bytes; 0: 1 GiB. Set
      *  between 1 MiB and 128 MiB with the fork start method on Linux,
      *  records of 1 MiB or more travel through shared memory (each
-     *  worker's arena is sized from it); otherwise through the pipes. */
+     *  worker's arena and the pool's parameter blocks are sized from
+     *  it: since 1.1 a generator writes a large parameter straight into
+     *  a shared block, which the workers map read-only); otherwise
+     *  through the pipes. */
     size_t max_record_bytes;
     /** Run once in every new worker before its first record; a non-zero
      *  return is a failed start (see pmap_pool_create() and PMAP_EWORKER).

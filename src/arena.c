@@ -46,12 +46,15 @@
 struct listed {
     void *base;
     size_t size;
+    int blocks; /* a pool's shared parameter blocks (pmap__blocks) */
 };
 static pthread_mutex_t list_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t list_once = PTHREAD_ONCE_INIT;
 static struct listed *list;
 static size_t list_n, list_cap;
 static int list_hooked;
+/* The blocks the child of this thread's next fork keeps (read-only). */
+static _Thread_local const void *keep_base;
 
 static void list_prepare(void)
 {
@@ -67,9 +70,14 @@ static void list_child(void)
 {
     size_t i;
 
-    for (i = 0; i < list_n; i++)
-        (void)munmap(list[i].base, list[i].size);
+    for (i = 0; i < list_n; i++) {
+        if (list[i].blocks && list[i].base == keep_base)
+            (void)mprotect(list[i].base, list[i].size, PROT_READ);
+        else
+            (void)munmap(list[i].base, list[i].size);
+    }
     list_n = 0;
+    keep_base = NULL;
     /* The forking thread held the lock; the child has that thread only. */
     pthread_mutex_init(&list_lock, NULL);
 }
@@ -79,7 +87,7 @@ static void list_hook(void)
     list_hooked = pthread_atfork(list_prepare, list_parent, list_child) == 0;
 }
 
-static int list_add(void *base, size_t size)
+static int list_add(void *base, size_t size, int blocks)
 {
     int rc = 0;
 
@@ -101,6 +109,7 @@ static int list_add(void *base, size_t size)
     if (rc == 0) {
         list[list_n].base = base;
         list[list_n].size = size;
+        list[list_n].blocks = blocks;
         list_n++;
     }
     pthread_mutex_unlock(&list_lock);
@@ -173,7 +182,7 @@ int pmap__arena_map(struct pmap__arena *a, int fd, size_t half, int which, int w
     if (p == MAP_FAILED)
         return PMAP_ESYS;
 #if HAVE_ARENA
-    if (dontfork && list_add(p, half) != 0) {
+    if (dontfork && list_add(p, half, 0) != 0) {
         munmap(p, half);
         errno = ENOMEM;
         return PMAP_ENOMEM;
@@ -304,4 +313,95 @@ void pmap__arena_release_slow(struct pmap__arena *a, uint64_t seq)
         a->reg_first = (a->reg_first + 1) & (a->reg_cap - 1);
         a->reg_n--;
     }
+}
+
+void pmap__blocks_keep(const void *base)
+{
+    keep_base = base;
+}
+
+int pmap__blocks_open(struct pmap__blocks *b, size_t block, uint32_t n)
+{
+#if HAVE_ARENA
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uint32_t i;
+    void *p;
+    int fd = -1, rc;
+
+    memset(b, 0, sizeof *b);
+    block = (block + page - 1) / page * page;
+    if (block == 0 || block > PMAP__BLOCKS_MAX) {
+        errno = EINVAL;
+        return PMAP_ESYS;
+    }
+    if (n == 0)
+        n = 1;
+    if ((size_t)n > PMAP__BLOCKS_MAX / block)
+        n = (uint32_t)(PMAP__BLOCKS_MAX / block);
+    b->free = malloc((size_t)n * sizeof *b->free);
+    if (b->free == NULL) {
+        errno = ENOMEM;
+        return PMAP_ENOMEM;
+    }
+    rc = pmap__memfd_open("pmap-blocks", &fd);
+    if (rc != 0)
+        goto fail;
+    /* Sealed at its size, so that no access within the mapping can fault
+     * with SIGBUS; the descriptor is closed once mapped, so no one can map
+     * it writable again (workers only inherit the caller's mapping). */
+    rc = PMAP_ESYS;
+    if (ftruncate(fd, (off_t)((size_t)n * block)) != 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+        goto fail;
+    p = mmap(NULL, (size_t)n * block, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        goto fail;
+    pmap__close(&fd);
+    rc = list_add(p, (size_t)n * block, 1);
+    if (rc != 0) {
+        munmap(p, (size_t)n * block);
+        errno = ENOMEM;
+        goto fail;
+    }
+    b->base = p;
+    b->size = (size_t)n * block;
+    b->block = block;
+    b->n = n;
+    /* Block 0 is taken first. */
+    for (i = 0; i < n; i++)
+        b->free[i] = n - 1 - i;
+    b->nfree = n;
+    return 0;
+fail:
+    {
+        int saved = errno;
+
+        pmap__close(&fd);
+        free(b->free);
+        memset(b, 0, sizeof *b);
+        errno = saved;
+    }
+    return rc;
+#else
+    (void)block;
+    (void)n;
+    memset(b, 0, sizeof *b);
+    errno = ENOSYS;
+    return PMAP_ESYS;
+#endif
+}
+
+void pmap__blocks_forget(struct pmap__blocks *b)
+{
+    free(b->free);
+    memset(b, 0, sizeof *b);
+}
+
+void pmap__blocks_close(struct pmap__blocks *b)
+{
+    if (b->base != NULL) {
+        list_remove(b->base);
+        munmap(b->base, b->size);
+    }
+    pmap__blocks_forget(b);
 }

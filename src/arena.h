@@ -118,4 +118,69 @@ static inline const unsigned char *pmap__arena_at(const struct pmap__arena *a, u
     return a->base + off;
 }
 
+/*
+ * Shared parameter blocks (one set per pool). A generator writes a large
+ * parameter straight into one, so that sending it copies nothing: the
+ * pipe carries an arena record with code PMAP__AREC_SHARED and the
+ * block's offset. The memory is one sealed memfd, mapped writable by the
+ * caller only; every worker inherits the mapping at its fork, read-only
+ * (the atfork handler of the forking thread protects it there; every
+ * other child of the host unmaps it), so no worker can change a
+ * parameter: a record that runs again, on another worker, reads the
+ * bytes the generator wrote, and a worker still running on a record the
+ * caller gave up on (a time limit, a crash of a batch-mate) can read only.
+ *
+ * Hand-over rule: a block belongs to the record whose parameter it holds
+ * from the generator's call until the iterator lets go of the parameter
+ * (the result is back, or the record is dropped once its workers are
+ * stopped); then it may hold the next record's parameter. Workers only
+ * ever read it, so no worker needs to say when it is done with it.
+ *
+ * Blocks are of one size (max_record_bytes, rounded up to a page) and are
+ * reused last in, first out, so that a map keeps writing the same few
+ * blocks, whose pages stay mapped and warm; the file is sparse, so a
+ * block holds memory only for the bytes records wrote into it.
+ */
+#define PMAP__AREC_SHARED 1
+/* The most address space one pool's blocks take. */
+#define PMAP__BLOCKS_MAX ((size_t)1 << 30)
+
+struct pmap__blocks {
+    unsigned char *base; /* NULL: none */
+    size_t size, block;
+    uint32_t n, nfree;
+    uint32_t *free; /* indexes of the free blocks; the last is taken first */
+};
+
+/* n blocks (at least one; fewer when n of them would pass
+ * PMAP__BLOCKS_MAX) of at least `block` bytes each, mapped writable
+ * here. 0, or PMAP_ESYS / PMAP_ENOMEM with errno and *b empty. */
+int pmap__blocks_open(struct pmap__blocks *b, size_t block, uint32_t n);
+/* Unmap and empty. An empty set is a no-op. */
+void pmap__blocks_close(struct pmap__blocks *b);
+/* Free the bookkeeping only (a child of the host: not mapped here). */
+void pmap__blocks_forget(struct pmap__blocks *b);
+/* A free block, or NULL. */
+static inline unsigned char *pmap__blocks_get(struct pmap__blocks *b)
+{
+    if (b->nfree == 0)
+        return NULL;
+    return b->base + (size_t)b->free[--b->nfree] * b->block;
+}
+/* Whether p is where one of the blocks starts... */
+static inline int pmap__blocks_own(const struct pmap__blocks *b, const void *p)
+{
+    uintptr_t at = (uintptr_t)p, lo = (uintptr_t)b->base;
+
+    return b->base != NULL && at >= lo && at - lo < b->size;
+}
+/* ... and giving it back (p must be one, taken and not yet given back). */
+static inline void pmap__blocks_put(struct pmap__blocks *b, const void *p)
+{
+    b->free[b->nfree++] = (uint32_t)(((uintptr_t)p - (uintptr_t)b->base) / b->block);
+}
+/* The calling thread is about to fork a worker: in that child the blocks
+ * at `base` stay mapped, read-only (NULL: none stay). */
+void pmap__blocks_keep(const void *base);
+
 #endif /* PMAP_ARENA_H */

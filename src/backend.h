@@ -128,7 +128,25 @@ struct pmap__backend_ops {
      * run a function pointer of this process leaves it NULL, and maps with
      * a task of their own are refused (EINVAL). */
     void (*set_task)(void *be, pmap_task_fn fn, void *ctx);
+    /* The automatic window (opt.window 0) this backend needs, in records,
+     * when it needs more than the iterator's own: a backend whose batches
+     * take a long round trip (another machine) keeps more of them in
+     * flight. May be NULL or return 0: the iterator's own. */
+    unsigned (*auto_window)(void *be);
+    /* Shared parameter blocks; both NULL: not offered. block_get: memory
+     * for a parameter of up to *cap bytes (at least max_record) that
+     * submit() then sends without copying it, or NULL (none free). The
+     * block is the caller's until it gives it back with block_put, once
+     * the record's result is reported or the record is dropped after
+     * cancel(); workers only read it. block_put: 1 when `data` is such a
+     * block (now given back), 0 when it is not (heap memory). */
+    void *(*block_get)(void *be, size_t *cap);
+    int (*block_put)(void *be, void *data);
 };
+
+/* Parameters this large make block_get worth a call (the process
+ * backend's threshold for shared memory, arena.h). */
+#define PMAP__BLOCK_MIN ((size_t)1 << 20)
 
 /* The process backend (pool.c): forked workers behind pipes. */
 extern const struct pmap__backend_ops pmap__process_ops;

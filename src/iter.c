@@ -114,6 +114,7 @@ struct pmap_iter {
     uint64_t live_bytes;
     uint64_t live_max;  /* the automatic window's byte bound; UINT64_MAX for a fixed window */
     size_t big;         /* the largest parameter so far */
+    int blocks;         /* parameters are large: they go into the backend's shared blocks */
     uint32_t chunk_max; /* adaptive batches hold at most this many records */
     struct pmap__stash stash;
     uint32_t free_head; /* completion order: free slots */
@@ -207,6 +208,19 @@ static PMAP__RARE PMAP__NOINLINE void shelve(struct pmap_iter *it, struct pmap_b
     pmap__stash_put(&it->stash, b);
 }
 
+/* shelve() for a parameter, which may be in a shared block of the
+ * backend's: that goes back to the backend (never to the stash, whose
+ * blocks become results). Every record is done with its parameter when
+ * this runs (backend.h). */
+static PMAP__RARE PMAP__NOINLINE void shelve_param(struct pmap_iter *it, struct pmap_buf *b)
+{
+    if (it->ops->block_put != NULL && b->data != b->small && it->ops->block_put(it->be, b->data)) {
+        pmap__buf_init(b, b->max);
+        return;
+    }
+    pmap__stash_put(&it->stash, b);
+}
+
 /* A record is finished. Inlined in both sinks below, so that a frame of
  * tiny results costs no call per record; the byte count of live records
  * and the trim bound are passed in and out so that a run of records keeps
@@ -261,7 +275,7 @@ static inline uint64_t finish(struct pmap_iter *it, struct pmap__rec *r, uint64_
     live += (uint64_t)r->result.len - (uint64_t)r->param.len;
     r->param.len = 0;
     if (r->param.cap > keep)
-        shelve(it, &r->param);
+        shelve_param(it, &r->param);
     if (!ordered)
         q_push(it, &it->done, r);
     return live;
@@ -373,6 +387,8 @@ static PMAP__RARE PMAP__NOINLINE void grew_big(struct pmap_iter *it, size_t len)
     it->big = len;
     if (len < BIG_RECORD)
         return;
+    if (len >= PMAP__BLOCK_MIN && it->ops->block_get != NULL)
+        it->blocks = 1;
     chunk = BIG_BATCH / len;
     it->chunk_max = chunk < 1 ? 1u : chunk < CHUNK_MAX ? (uint32_t)chunk : CHUNK_MAX;
     if (!it->window_auto)
@@ -386,6 +402,18 @@ static PMAP__RARE PMAP__NOINLINE void grew_big(struct pmap_iter *it, size_t len)
  * large parameter is written into pages already mapped. */
 static PMAP__RARE PMAP__NOINLINE void param_from_stash(struct pmap_iter *it, struct pmap_buf *b)
 {
+    if (it->blocks) {
+        /* The generator writes straight into shared memory, and sending
+         * the record copies nothing. */
+        size_t cap;
+        unsigned char *p = it->ops->block_get(it->be, &cap);
+
+        if (p != NULL) {
+            b->data = p;
+            b->cap = cap;
+            return;
+        }
+    }
     (void)pmap__stash_reserve(&it->stash, b, it->big);
 }
 
@@ -418,7 +446,7 @@ static void replayed(struct pmap_iter *it, struct pmap__rec *r, const int st[2])
     r->code = st[1];
     r->param.len = 0;
     if (r->param.cap > it->keep)
-        shelve(it, &r->param);
+        shelve_param(it, &r->param);
     it->jr_hit = 1;
 }
 
@@ -451,7 +479,7 @@ static struct pmap__rec *generate_one(struct pmap_iter *it)
         it->fresh = slot + 1;
     }
     r->param.len = 0;
-    if (it->stash.n != 0 && r->param.data == r->param.small)
+    if ((it->stash.n != 0 || it->blocks) && r->param.data == r->param.small)
         param_from_stash(it, &r->param);
     if (it->users != NULL)
         it->users[slot] = NULL;
@@ -526,7 +554,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
     const uint64_t returned = it->returned;
     const uint64_t live_max = it->live_max;
     /* Blocks are stashed only once records are large. */
-    const int stashing = it->stash.n != 0;
+    const int stashing = it->stash.n != 0 || it->blocks;
     size_t big = it->big;
     const pmap_gen_fn gen = it->gen;
     void *const gen_ctx = it->gen_ctx;
@@ -573,7 +601,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
             fresh = slot + 1;
         }
         r->param.len = 0;
-        if (stashing && it->stash.n != 0 && r->param.data == r->param.small)
+        if (stashing && (it->stash.n != 0 || it->blocks) && r->param.data == r->param.small)
             param_from_stash(it, &r->param);
         /* Read each time: the generator's first pmap_param_set_user
          * allocates the array. */
@@ -878,7 +906,7 @@ static void release_lost(struct pmap_iter *it, struct pmap__rec *r)
     it->live_bytes -= r->param.len;
     r->param.len = 0;
     if (r->param.cap > it->keep)
-        shelve(it, &r->param);
+        shelve_param(it, &r->param);
 }
 
 static inline void release(struct pmap_iter *it, struct pmap__rec *r)
@@ -984,6 +1012,12 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_task_fn fn, void *ctx, pmap_gen
     it->window_auto = pool->opt.window == 0;
     it->window = it->window_auto ? pmap__iter_auto_window(pool->nworkers, pool->opt.chunk)
                                  : pool->opt.window;
+    if (it->window_auto && pool->ops->auto_window != NULL) {
+        unsigned want = pool->ops->auto_window(pool->be);
+
+        if (want > it->window)
+            it->window = want;
+    }
     it->recs = slots_alloc(it->window);
     if (it->recs == NULL) {
         free(it);
@@ -1320,6 +1354,9 @@ int pmap_iter_free(pmap_iter *it)
             rc = PMAP_EJOURNAL;
     }
     for (i = 0; i < it->fresh; i++) {
+        /* After cancel(): no worker runs on any record. */
+        if (it->blocks && it->recs[i].param.data != it->recs[i].param.small)
+            shelve_param(it, &it->recs[i].param);
         pmap__buf_free(&it->recs[i].param);
         pmap__buf_free(&it->recs[i].result);
     }

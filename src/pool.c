@@ -135,6 +135,9 @@ struct pool {
     unsigned long max_tasks;
     size_t max_record;
     size_t arena_half; /* each worker's arena halves; 0: no arenas */
+    /* Shared parameter blocks (arena.h): generators write large
+     * parameters into them, and sending one copies nothing. */
+    struct pmap__blocks blk;
     int nworkers;
     struct worker *w;
     struct pmap__shm_slot *shm;
@@ -259,7 +262,10 @@ static int start_worker(struct pool *p, struct worker *w)
     arena_drop(w);
     if (p->arena_half != 0 && arena_make(p, w, &afd) != 0)
         afd = -1;
+    /* The worker keeps the pool's blocks, read-only; no other child does. */
+    pmap__blocks_keep(p->blk.base);
     rc = pmap__spawner_start(p->sp, w->id, afd, &pid, &tx, &rx);
+    pmap__blocks_keep(NULL);
     pmap__close(&afd); /* the mappings stay */
     if (rc != 0) {
         arena_drop(w);
@@ -858,7 +864,7 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
     len0 = recs[0]->param.len;
     for (k = 1; k < n && recs[k]->param.len == len0; k++)
         ;
-    uniform = k == n && (len0 < PMAP__ARENA_MIN || w->ain.base == NULL);
+    uniform = k == n && (len0 < PMAP__ARENA_MIN || (w->ain.base == NULL && p->blk.base == NULL));
     if (uniform) {
         f.bytes = (uint64_t)n * len0;
         inl += len0 <= INLINE_MAX ? n * len0 : 0;
@@ -866,6 +872,12 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
         for (k = 0; k < n; k++) {
             size_t len = recs[k]->param.len;
 
+            /* Written by the generator into a shared block: only where. */
+            if (len >= PMAP__ARENA_MIN && pmap__blocks_own(&p->blk, recs[k]->param.data)) {
+                f.bytes += PMAP__REC_ASIZE;
+                inl += PMAP__REC_ASIZE;
+                continue;
+            }
             /* A region of the arena, in the order of the records (the
              * second pass finds them so). */
             if (len >= PMAP__ARENA_MIN && w->ain.base != NULL &&
@@ -915,6 +927,13 @@ static int be_submit(void *be, int i, struct pmap__rec **recs, uint32_t n)
         /* Filled ahead of w->sent, which alone makes the entry live: on
          * an error below the map fails and nothing reads it. */
         fifo[(sent + k) & mask] = recs[k];
+        if (b->len >= PMAP__ARENA_MIN && pmap__blocks_own(&p->blk, b->data)) {
+            /* Nothing to copy: workers see the block read-only, and the
+             * iterator reuses it only once the record is done with. */
+            pos += pmap__rec_arena(out + pos, PMAP__AREC_SHARED, b->len,
+                                   (uint64_t)((uintptr_t)b->data - (uintptr_t)p->blk.base));
+            continue;
+        }
         if (narena != 0 && ri < w->ain.reg_n && pmap__arena_reg(&w->ain, ri)->seq == sent + k) {
             size_t off = pmap__arena_reg(&w->ain, ri++)->off;
 
@@ -1401,6 +1420,8 @@ static void pool_free(struct pool *p)
             pmap__arena_forget(&w->aout);
         }
     }
+    /* Unmapped by now, or not mapped here (a child of the host). */
+    pmap__blocks_forget(&p->blk);
     pmap__close(&p->ep);
     pmap__spawner_release(p->sp);
     if (p->shm != NULL && p->shm != MAP_FAILED)
@@ -1588,11 +1609,22 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
     a.shm = p->shm;
     a.arena_fd = -1;
     a.arena_half = p->arena_half;
+    /* Where there are arenas, and before any worker is forked: they all
+     * inherit the blocks. Enough for the records a map keeps in flight
+     * (a few per place); when they run out, parameters are copied as
+     * before. Without them too. */
+    if (p->arena_half != 0 &&
+        pmap__blocks_open(&p->blk, p->max_record,
+                          (uint32_t)(PMAP__ARENA_SPAN + 2u) * (uint32_t)p->nworkers) == 0) {
+        a.blocks_base = p->blk.base;
+        a.blocks_size = p->blk.size;
+    }
     /* In server mode this forks the server, after the slots are mapped
      * (shared with every worker it forks) and before any worker. */
     rc = pmap__spawner_new(&p->sp, cfg->opt->start_method, &a, p->nworkers);
     if (rc != 0) {
         saved = errno;
+        pmap__blocks_close(&p->blk);
         pool_free(p);
         errno = saved;
         return rc;
@@ -1609,6 +1641,7 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
         stop_workers(p);
         pmap__spawner_free(p->sp);
         p->sp = NULL;
+        pmap__blocks_close(&p->blk);
         pool_free(p);
         errno = saved;
         return rc;
@@ -1625,6 +1658,7 @@ static void be_destroy(void *be)
     stop_workers(p);
     pmap__spawner_free(p->sp);
     p->sp = NULL;
+    pmap__blocks_close(&p->blk);
     pool_free(p);
 }
 
@@ -1648,7 +1682,30 @@ static void be_set_task(void *be, pmap_task_fn fn, void *ctx)
     }
 }
 
+/* A shared block for a parameter of up to `*cap` bytes... */
+static void *be_block_get(void *be, size_t *cap)
+{
+    struct pool *p = be;
+
+    *cap = p->blk.block;
+    return pmap__blocks_get(&p->blk);
+}
+
+/* ... and back. */
+static int be_block_put(void *be, void *data)
+{
+    struct pool *p = be;
+
+    if (!pmap__blocks_own(&p->blk, data))
+        return 0;
+    pmap__blocks_put(&p->blk, data);
+    return 1;
+}
+
 const struct pmap__backend_ops pmap__process_ops = {
-    be_create, be_destroy, be_release, be_nworkers, be_room,    be_inflight,
-    be_submit, be_pump,    be_cancel,  be_begin,    be_fd,      be_timeout, be_set_task,
+    be_create,   be_destroy,  be_release,   be_nworkers, be_room,
+    be_inflight, be_submit,   be_pump,      be_cancel,   be_begin,
+    be_fd,       be_timeout,  be_set_task,
+    NULL, /* auto_window: the iterator's own */
+    be_block_get, be_block_put,
 };

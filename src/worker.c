@@ -108,6 +108,8 @@ struct wctx {
     int wakefd;               /* main -> watchdog: input came, look again; -1: none */
     /* Its arena: parameters to read, results to write (empty: none). */
     struct pmap__arena ain, aout;
+    /* The pool's shared parameter blocks, read-only (base NULL: none). */
+    struct pmap__arena blocks;
 };
 
 static unsigned char empty_byte;
@@ -557,10 +559,10 @@ static int w_frame_end(void *ud, const struct pmap__frame *f)
 static int w_arena(void *ud, unsigned status, int code, uint64_t off, uint64_t len)
 {
     struct wctx *c = ud;
-    const unsigned char *p = pmap__arena_at(&c->ain, off, len);
+    const unsigned char *p =
+        pmap__arena_at(code == PMAP__AREC_SHARED ? &c->blocks : &c->ain, off, len);
 
     (void)status;
-    (void)code;
     if (p == NULL)
         w_exit(PMAP__EXIT_PROTO);
     return w_run(c, p, (size_t)len);
@@ -798,6 +800,11 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
             w_exit(PMAP__EXIT_IO);
         pmap__close(&afd);
     }
+    /* Inherited, and made read-only by the fork (arena.h); never
+     * unmapped here. */
+    memset(&c.blocks, 0, sizeof c.blocks);
+    c.blocks.base = (unsigned char *)(uintptr_t)a->blocks_base;
+    c.blocks.size = a->blocks_base != NULL ? a->blocks_size : 0;
     c.wakefd = w_wakefd();
     /* The thread starts with every signal blocked (the fork's mask), so
      * signals keep going to the task's thread. */

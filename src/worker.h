@@ -47,6 +47,10 @@ struct pmap__worker_args {
      * which has no way yet to receive one from the caller) passes -1. */
     int arena_fd;
     size_t arena_half;
+    /* The pool's shared parameter blocks (arena.h), which the worker
+     * inherits read-only at these addresses; NULL: none. */
+    const unsigned char *blocks_base;
+    size_t blocks_size;
 };
 
 /* Exit statuses of the library's own making. */
