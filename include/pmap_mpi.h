@@ -36,7 +36,10 @@ extern "C" {
  * of all serving ranks, and pmap_worker_id() numbers them 0 .. total-1,
  * rank after rank. A rank with more workers gets more of the work.
  * Batches, not single records, cross the network. Each rank passes its own
- * ctx; a task sees the memory of the rank that forked its worker.
+ * ctx; a task sees the memory of the rank that forked its worker. The
+ * automatic window (opt->window 0) of such a pool is 65536 records
+ * whatever the number of workers (its byte bounds hold as in pmap.h):
+ * a batch's round trip crosses ranks, so more of them stay in flight.
  *
  * With a communicator of one rank the root runs opt->workers local
  * workers itself, exactly as pmap_pool_create().

@@ -128,6 +128,11 @@ struct pmap__backend_ops {
      * run a function pointer of this process leaves it NULL, and maps with
      * a task of their own are refused (EINVAL). */
     void (*set_task)(void *be, pmap_task_fn fn, void *ctx);
+    /* The automatic window (opt.window 0) this backend needs, in records,
+     * when it needs more than the iterator's own: a backend whose batches
+     * take a long round trip (another machine) keeps more of them in
+     * flight. May be NULL or return 0: the iterator's own. */
+    unsigned (*auto_window)(void *be);
     /* Shared parameter blocks; both NULL: not offered. block_get: memory
      * for a parameter of up to *cap bytes (at least max_record) that
      * submit() then sends without copying it, or NULL (none free). The

@@ -1003,6 +1003,12 @@ static pmap_iter *iter_new(pmap_pool *pool, pmap_task_fn fn, void *ctx, pmap_gen
     it->window_auto = pool->opt.window == 0;
     it->window = it->window_auto ? pmap__iter_auto_window(pool->nworkers, pool->opt.chunk)
                                  : pool->opt.window;
+    if (it->window_auto && pool->ops->auto_window != NULL) {
+        unsigned want = pool->ops->auto_window(pool->be);
+
+        if (want > it->window)
+            it->window = want;
+    }
     it->recs = slots_alloc(it->window);
     if (it->recs == NULL) {
         free(it);

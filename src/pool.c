@@ -1703,7 +1703,9 @@ static int be_block_put(void *be, void *data)
 }
 
 const struct pmap__backend_ops pmap__process_ops = {
-    be_create,   be_destroy,  be_release,   be_nworkers,  be_room,
-    be_inflight, be_submit,   be_pump,      be_cancel,    be_begin,
-    be_fd,       be_timeout,  be_set_task,  be_block_get, be_block_put,
+    be_create,   be_destroy,  be_release,   be_nworkers, be_room,
+    be_inflight, be_submit,   be_pump,      be_cancel,   be_begin,
+    be_fd,       be_timeout,  be_set_task,
+    NULL, /* auto_window: the iterator's own */
+    be_block_get, be_block_put,
 };

@@ -215,6 +215,7 @@ static const struct pmap__backend_ops fake_ops = {
     fake_create, fake_destroy, fake_destroy, fake_nworkers, fake_room, fake_inflight,
     fake_submit, fake_pump,    fake_cancel,  fake_begin,    NULL,      NULL,
     NULL, /* set_task: no task per map (pmap_imap_task is refused) */
+    NULL, /* auto_window: the iterator's own */
     NULL, NULL, /* no shared blocks */
 };
 
