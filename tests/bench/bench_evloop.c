@@ -14,6 +14,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include "bench_pairs.h"
 #include "bench_util.h"
 
 #include <pmap.h>
@@ -23,38 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-struct gen {
-    uint64_t next, n;
-};
-
-static int gen_pairs(void *ctx, pmap_buf *param)
-{
-    struct gen *g = ctx;
-    int32_t *v;
-
-    if (g->next == g->n)
-        return 0;
-    v = pmap_buf_reserve(param, 2 * sizeof *v);
-    if (v == NULL)
-        return -1;
-    v[0] = (int32_t)(g->next & 0xffff);
-    v[1] = (int32_t)(g->next >> 16);
-    g->next++;
-    return 1;
-}
-
-static int task_add(void *ctx, const void *param, size_t len, pmap_buf *out)
-{
-    int32_t v[2], sum;
-
-    (void)ctx;
-    if (len != sizeof v)
-        return 1;
-    memcpy(v, param, sizeof v);
-    sum = v[0] + v[1];
-    return pmap_buf_set(out, &sum, sizeof sum);
-}
 
 struct tally {
     uint64_t got, bad;
@@ -77,7 +46,7 @@ static void check(struct tally *t, const pmap_item *item, int ordered)
 /* Records per second through one pool, or -1 on a wrong result. */
 static double run(pmap_pool *pool, int ordered, int evloop, uint64_t n)
 {
-    struct gen g = {0, n};
+    struct bu_pairs g = {0, n};
     struct tally t = {0, 0};
     pmap_iter *it;
     pmap_item item;
@@ -85,7 +54,7 @@ static double run(pmap_pool *pool, int ordered, int evloop, uint64_t n)
     int rc;
 
     t0 = bu_now();
-    it = ordered ? pmap_imap(pool, gen_pairs, &g) : pmap_imap_unordered(pool, gen_pairs, &g);
+    it = ordered ? pmap_imap(pool, bu_gen_pairs, &g) : pmap_imap_unordered(pool, bu_gen_pairs, &g);
     if (it == NULL) {
         perror("pmap_imap");
         exit(1);
@@ -141,7 +110,7 @@ int main(int argc, char **argv)
         rounds = 1;
     pmap_options_init(&opt);
     opt.workers = (int)bu_env_long("BENCH_WORKERS", 0);
-    pool = pmap_pool_create(task_add, NULL, &opt);
+    pool = pmap_pool_create(bu_task_add, NULL, &opt);
     if (pool == NULL) {
         perror("pmap_pool_create");
         return 1;

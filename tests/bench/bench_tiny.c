@@ -12,6 +12,7 @@
  *       BENCH_WINDOW, BENCH_CHUNK: options window and chunk of the default
  *       figures (default 0: automatic)
  */
+#include "bench_pairs.h"
 #include "bench_util.h"
 
 #include <pmap.h>
@@ -20,38 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-
-struct gen {
-    uint64_t next, n;
-};
-
-static int gen_pairs(void *ctx, pmap_buf *param)
-{
-    struct gen *g = ctx;
-    int32_t *v;
-
-    if (g->next == g->n)
-        return 0;
-    v = pmap_buf_reserve(param, 2 * sizeof *v);
-    if (v == NULL)
-        return -1;
-    v[0] = (int32_t)(g->next & 0xffff);
-    v[1] = (int32_t)(g->next >> 16);
-    g->next++;
-    return 1;
-}
-
-static int task_add(void *ctx, const void *param, size_t len, pmap_buf *out)
-{
-    int32_t v[2], sum;
-
-    (void)ctx;
-    if (len != sizeof v)
-        return 1;
-    memcpy(v, param, sizeof v);
-    sum = v[0] + v[1];
-    return pmap_buf_set(out, &sum, sizeof sum);
-}
 
 static double cpu_s(int who)
 {
@@ -73,7 +42,7 @@ static double run(int ordered, unsigned chunk, uint64_t n)
     pmap_pool *pool;
     pmap_iter *it;
     pmap_item item;
-    struct gen g = {0, n};
+    struct bu_pairs g = {0, n};
     uint64_t got = 0, bad = 0;
     double t0, t1, c0 = cpu_s(RUSAGE_SELF), k0 = cpu_s(RUSAGE_CHILDREN);
     int rc;
@@ -82,13 +51,13 @@ static double run(int ordered, unsigned chunk, uint64_t n)
     opt.workers = (int)bu_env_long("BENCH_WORKERS", 0);
     opt.chunk = chunk ? chunk : (unsigned)bu_env_long("BENCH_CHUNK", 0);
     opt.window = (unsigned)bu_env_long("BENCH_WINDOW", 0);
-    pool = pmap_pool_create(task_add, NULL, &opt);
+    pool = pmap_pool_create(bu_task_add, NULL, &opt);
     if (pool == NULL) {
         perror("pmap_pool_create");
         exit(1);
     }
     t0 = bu_now();
-    it = ordered ? pmap_imap(pool, gen_pairs, &g) : pmap_imap_unordered(pool, gen_pairs, &g);
+    it = ordered ? pmap_imap(pool, bu_gen_pairs, &g) : pmap_imap_unordered(pool, bu_gen_pairs, &g);
     if (it == NULL) {
         perror("pmap_imap");
         exit(1);
