@@ -54,9 +54,14 @@ extern "C" {
  * start its workers, every rank returns NULL with the same errno (e.g.
  * ECHILD when worker_init fails). The library communicates on a duplicate
  * of comm (MPI_Comm_dup), so the program's own messages never mix with
- * its traffic. MPI offers no descriptor to wait on: on such a pool
- * pmap_iter_fd() still works, but pmap_iter_timeout() asks to be called
- * again after a few milliseconds while a map runs.
+ * its traffic. The duplicate keeps comm's error handler: under MPI's
+ * default, MPI_ERRORS_ARE_FATAL, an MPI call that fails (that duplication
+ * included) aborts the job; under MPI_ERRORS_RETURN the call or the map
+ * fails (errno EIO), but MPI promises nothing about communication after
+ * an error, so the other ranks may then wait for ever (e.g. in a
+ * collective that one rank left). MPI offers no descriptor to wait on:
+ * on such a pool pmap_iter_fd() still works, but pmap_iter_timeout() asks
+ * to be called again after a few milliseconds while a map runs.
  */
 PMAP_API pmap_pool *pmap_mpi_pool_create(MPI_Comm comm, int root, pmap_task_fn fn, void *ctx,
                                          const pmap_options *opt);
