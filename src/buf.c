@@ -3,13 +3,47 @@
  * record to record, so the hot path allocates only when a record is larger
  * than any before it in the same buffer.
  */
+#ifdef __linux__
+#define _DEFAULT_SOURCE /* madvise */
+#endif
 #define _POSIX_C_SOURCE 200809L
 
 #include "buf.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
+#define POPULATE_MIN ((size_t)1 << 20)
+
+void pmap__buf_populate(struct pmap_buf *b, size_t from, size_t to)
+{
+    unsigned char *p = b->data;
+
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+    size_t page;
+    uintptr_t lo, hi;
+
+    if (to - from < POPULATE_MIN)
+        return;
+    page = (size_t)sysconf(_SC_PAGESIZE);
+    lo = ((uintptr_t)p + from + page - 1) & ~(uintptr_t)(page - 1);
+    hi = ((uintptr_t)p + to) & ~(uintptr_t)(page - 1);
+    /* Advice only: an old kernel (EINVAL) or no memory now (the copy
+     * then faults as it would have) changes nothing. */
+    if (hi > lo)
+        (void)madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
+#else
+    (void)p;
+    (void)from;
+    (void)to;
+#endif
+}
 
 void pmap__buf_init(struct pmap_buf *b, size_t max)
 {

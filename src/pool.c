@@ -517,6 +517,8 @@ static PMAP__RARE int c_result_grow(struct worker *w, struct pmap__rec *r, uint6
         w->pool->fatal = PMAP_ENOMEM;
         return PMAP_ENOMEM;
     }
+    /* The result's bytes are all about to be written. */
+    pmap__buf_populate(&r->result, 0, (size_t)len);
     return 0;
 }
 

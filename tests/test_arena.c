@@ -25,7 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -423,6 +425,139 @@ static void test_scribble_after_send(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Shared parameter blocks                                                  */
+/* ------------------------------------------------------------------------ */
+
+#define BLK_N 24u
+#define BLK_LEN (2 * MIB)
+#define BLK_CRASH 5u
+
+/* Set (in memory shared with the workers) once record BLK_CRASH crashed. */
+static volatile unsigned char *blk_crashed;
+
+static int blk_gen(void *ctx, pmap_buf *param)
+{
+    uint64_t *next = ctx;
+    unsigned char *p;
+
+    if (*next == BLK_N)
+        return 0;
+    p = pmap_buf_reserve(param, BLK_LEN);
+    if (p == NULL)
+        return -1;
+    memcpy(p, next, sizeof *next);
+    fill(p + sizeof *next, *next, BLK_LEN - sizeof *next);
+    (*next)++;
+    return 1;
+}
+
+/* Result: the index, then 'B' when the parameter was in a read-only
+ * shared block, 'P' elsewhere, then '1' when it held the generator's
+ * bytes. Record BLK_CRASH kills its worker on its first run. */
+static int blk_task(void *ctx, const void *param, size_t len, pmap_buf *out)
+{
+    const unsigned char *p = param;
+    unsigned char *r;
+    uint64_t idx;
+    char perms[8] = "";
+    int where;
+
+    (void)ctx;
+    memcpy(&idx, p, sizeof idx);
+    where = in_arena(param, perms);
+    if (idx == BLK_CRASH && !*blk_crashed) {
+        *blk_crashed = 1;
+        _exit(7);
+    }
+    r = pmap_buf_reserve(out, 10);
+    if (r == NULL)
+        return 1;
+    memcpy(r, &idx, sizeof idx);
+    r[8] = where == 2 && perms[1] == '-' ? 'B' : 'P';
+    r[9] = len == BLK_LEN && filled(p + 8, idx, len - 8) ? '1' : '0';
+    return 0;
+}
+
+/* What a child of the host sees of the pool's shared memory: none. */
+static int child_sees_none(void)
+{
+    pid_t pid;
+    int st;
+
+    fflush(NULL);
+    pid = fork();
+    if (pid == 0) {
+        FILE *f = fopen("/proc/self/maps", "r");
+        char line[512];
+        int bad = f == NULL;
+
+        while (f != NULL && fgets(line, sizeof line, f) != NULL)
+            bad |= strstr(line, "pmap-blocks") != NULL || strstr(line, "pmap-arena") != NULL;
+        _exit(bad);
+    }
+    if (pid < 0 || waitpid(pid, &st, 0) != pid)
+        return 0;
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+/* Large parameters are written by the generator into shared blocks that
+ * the workers can only read: a record that runs again after a crash reads
+ * the generator's bytes, blocks are reused as records finish (more
+ * records than blocks), a child of the host has none of it, and nothing
+ * is left after destroy. */
+static void test_shared_blocks(void **state)
+{
+    struct tu_snap snap;
+    char *before, *after;
+    pmap_options opt;
+    pmap_pool *pool;
+    pmap_iter *it;
+    pmap_item item;
+    uint64_t next = 0, got = 0, shared = 0;
+    int rc;
+
+    (void)state;
+    blk_crashed = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(blk_crashed != MAP_FAILED);
+    *blk_crashed = 0;
+    tu_snap_take(&snap);
+    before = shared_maps();
+    pmap_options_init(&opt);
+    opt.workers = 2;
+    opt.max_record_bytes = BLK_LEN;
+    opt.max_retries = 1;
+    pool = pmap_pool_create(blk_task, NULL, &opt);
+    assert_non_null(pool);
+    it = pmap_imap(pool, blk_gen, &next);
+    assert_non_null(it);
+    while ((rc = pmap_next(it, &item)) == PMAP_OK) {
+        uint64_t idx;
+
+        assert_int_equal(item.status, PMAP_OK);
+        assert_int_equal(item.len, 10);
+        memcpy(&idx, item.data, sizeof idx);
+        assert_int_equal(idx, item.index);
+        assert_int_equal(((const char *)item.data)[9], '1');
+        shared += ((const char *)item.data)[8] == 'B';
+        if (got++ == BLK_N / 2)
+            assert_true(child_sees_none());
+    }
+    assert_int_equal(rc, PMAP_DONE);
+    assert_int_equal(got, BLK_N);
+    assert_int_equal(*blk_crashed, 1);
+    /* All but the records generated before the first large one was seen. */
+    assert_true(shared >= BLK_N / 2);
+    assert_int_equal(pmap_iter_free(it), 0);
+    assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    after = shared_maps();
+    assert_string_equal(before, after);
+    free(before);
+    free(after);
+    tu_snap_check(&snap);
+    munmap((void *)(uintptr_t)blk_crashed, 4096);
+}
+
+/* ------------------------------------------------------------------------ */
 /* A worker that lies about where its result is                             */
 /* ------------------------------------------------------------------------ */
 
@@ -611,6 +746,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_mixed_sizes),
         cmocka_unit_test(test_small_limit_no_arena),
         cmocka_unit_test(test_scribble_after_send),
+        cmocka_unit_test(test_shared_blocks),
         cmocka_unit_test(test_arena_record_out_of_bounds),
     };
 
