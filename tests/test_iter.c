@@ -240,6 +240,7 @@ static const struct pmap__backend_ops fake_wide_ops = {
     fake_create, fake_destroy, fake_destroy, fake_nworkers, fake_room, fake_inflight,
     fake_submit, fake_pump,    fake_cancel,  fake_begin,    NULL,      NULL,
     NULL,        fake_auto_window,
+    NULL,        NULL, /* no shared blocks */
 };
 
 /* ------------------------------------------------------------------------ */
