@@ -72,6 +72,11 @@
  * long before it runs dry, where a pump per 64 tiny records was a tenth of
  * the caller's time. */
 #define PUMP_EVERY 64u
+/* Stored items are generated at most this far ahead of the consumer: a
+ * run that filled the whole window with them walked every record through
+ * two megabytes of slots between generating and handing it out, where a
+ * short lead hands it out while its slot is still in the cache. */
+#define REPLAY_AHEAD 1024u
 /* pmap_iter_timeout when the backend has no descriptor to watch: ask it again
  * this often instead. */
 #define EVL_POLL_MS 1
@@ -529,6 +534,8 @@ static struct pmap__rec *generate(struct pmap_iter *it)
 
         if (r == NULL || r->state != R_DONE)
             return r;
+        if (it->generated - it->returned >= REPLAY_AHEAD)
+            return NULL;
     }
 }
 
@@ -633,6 +640,8 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         if (hit) {
             live += r->result.len;
             replayed(it, r, st);
+            if (idx - returned >= REPLAY_AHEAD)
+                break;
             continue;
         }
         live += r->param.len;

@@ -36,8 +36,9 @@
  * kept. An index stored twice keeps its first entry.
  *
  * In memory a journal keeps, per index, where its entry starts: a dense
- * array of offsets (8 bytes per index up to the largest, used while at
- * least half of those indexes are stored, plus a fixed slack), otherwise a
+ * array of offsets (4 bytes per index up to the largest, each relative to
+ * the first entry stored of its block of 4096 indexes, used while at least
+ * half of those indexes are stored, plus a fixed slack), otherwise a
  * sorted array of (index, offset) pairs, 16 bytes per stored item. Result
  * bytes stay in the file and are read back (through one buffer, in large
  * reads) when replayed.
@@ -111,8 +112,11 @@ struct pmap_journal {
     uint64_t sync_due; /* pmap__now_ns() by which to sync, while dirty */
     uint64_t end;      /* the file's length once the buffer is written */
     uint64_t count;    /* items stored */
-    /* The index: dense (offsets by index, 0 absent) or pairs. */
-    uint64_t *dense;
+    /* The index: dense or pairs. Dense: index i's entry starts at
+     * dbase[i >> DBLOCK_SHIFT] + dense[i] - 1; dense[i] 0: not stored;
+     * dbase 0: no entry of that block stored yet. */
+    uint32_t *dense;
+    uint64_t *dbase;
     uint64_t dspan, dcap; /* stored indexes are below dspan; dcap slots allocated */
     struct pair *pairs;
     size_t npairs, pcap, psorted; /* pairs[0, psorted) are sorted, unique */
@@ -395,6 +399,13 @@ static int pairs_push(struct pmap_journal *j, uint64_t index, uint64_t off)
  * of the cost of opening a large journal in a virtual machine.
  */
 #define DENSE_MIN ((uint64_t)1 << 16)
+/* Indexes per block of the dense array sharing a base offset. Entries are
+ * only ever appended, so every later entry of a block lies past its base;
+ * one 4 GiB past it does not fit in the 32-bit offset, and the index goes
+ * sparse (results of megabytes, where 16 bytes per item are nothing). Four
+ * bytes per item instead of eight: zeroing the fresh pages of the index
+ * was a third of the cost of opening a journal of tiny items. */
+#define DBLOCK_SHIFT 12
 
 static void dense_free(struct pmap_journal *j)
 {
@@ -404,14 +415,17 @@ static void dense_free(struct pmap_journal *j)
 #else
     free(j->dense);
 #endif
+    free(j->dbase);
     j->dense = NULL;
+    j->dbase = NULL;
     j->dspan = j->dcap = 0;
 }
 
 static int dense_grow(struct pmap_journal *j, uint64_t need)
 {
     uint64_t ncap = j->dcap ? j->dcap : DENSE_MIN;
-    size_t bytes;
+    size_t bytes, nb = (size_t)(j->dcap >> DBLOCK_SHIFT), nnb;
+    uint64_t *base;
     void *p;
 
     while (ncap < need)
@@ -419,6 +433,14 @@ static int dense_grow(struct pmap_journal *j, uint64_t need)
     if (ncap > SIZE_MAX / sizeof *j->dense)
         return PMAP_ENOMEM;
     bytes = (size_t)ncap * sizeof *j->dense;
+    /* The bases first: should the array fail to grow, they are only
+     * longer than needed. */
+    nnb = (size_t)(ncap >> DBLOCK_SHIFT);
+    base = realloc(j->dbase, nnb * sizeof *base);
+    if (base == NULL)
+        return PMAP_ENOMEM;
+    memset(base + nb, 0, (nnb - nb) * sizeof *base);
+    j->dbase = base;
 #ifdef __linux__
     if (j->dense == NULL)
         p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -433,20 +455,40 @@ static int dense_grow(struct pmap_journal *j, uint64_t need)
     p = realloc(j->dense, bytes);
     if (p == NULL)
         return PMAP_ENOMEM;
-    memset((uint64_t *)p + j->dcap, 0, (size_t)(ncap - j->dcap) * sizeof *j->dense);
+    memset((uint32_t *)p + j->dcap, 0, (size_t)(ncap - j->dcap) * sizeof *j->dense);
 #endif
     j->dense = p;
     j->dcap = ncap;
     return 0;
 }
 
-/* Give up the dense array for pairs: too few of its indexes are stored. */
+static inline uint64_t dense_off(const struct pmap_journal *j, uint64_t index)
+{
+    return j->dbase[index >> DBLOCK_SHIFT] + j->dense[index] - 1u;
+}
+
+/* Store index's offset in the dense array (index < dcap): 0, or 1 when it
+ * does not fit (nothing stored). */
+static inline int dense_put(struct pmap_journal *j, uint64_t index, uint64_t off)
+{
+    uint64_t *b = &j->dbase[index >> DBLOCK_SHIFT];
+
+    if (*b == 0)
+        *b = off;
+    if (off < *b || off - *b >= UINT32_MAX)
+        return 1;
+    j->dense[index] = (uint32_t)(off - *b + 1u);
+    return 0;
+}
+
+/* Give up the dense array for pairs: too few of its indexes are stored,
+ * or an offset does not fit. */
 static PMAP__RARE int go_sparse(struct pmap_journal *j)
 {
     uint64_t i;
 
     for (i = 0; i < j->dspan; i++)
-        if (j->dense[i] != 0 && pairs_push(j, i, j->dense[i]) != 0)
+        if (j->dense[i] != 0 && pairs_push(j, i, dense_off(j, i)) != 0)
             return PMAP_ENOMEM;
     dense_free(j);
     j->psorted = j->npairs;
@@ -494,7 +536,7 @@ static int index_find(const struct pmap_journal *j, uint64_t index, uint64_t *of
     if (!j->sparse) {
         if (index >= j->dspan || j->dense[index] == 0)
             return 0;
-        *off = j->dense[index];
+        *off = dense_off(j, index);
         return 1;
     }
     return pairs_find(j, index, off);
@@ -509,26 +551,27 @@ static int index_add(struct pmap_journal *j, uint64_t index, uint64_t off)
     if (!j->sparse) {
         if (index == j->dspan && index < j->dcap) {
             /* The common case: the next index in order. */
-            j->dense[index] = off;
-            j->dspan++;
-            j->count++;
-            return 0;
-        }
-        if (index < j->dspan) {
-            if (j->dense[index] == 0) {
-                j->dense[index] = off;
+            if (dense_put(j, index, off) == 0) {
+                j->dspan++;
                 j->count++;
+                return 0;
             }
-            return 0;
-        }
-        if (index / 2 <= j->count + DENSE_SLACK / 2) {
+        } else if (index < j->dspan) {
+            if (j->dense[index] != 0)
+                return 0;
+            if (dense_put(j, index, off) == 0) {
+                j->count++;
+                return 0;
+            }
+        } else if (index / 2 <= j->count + DENSE_SLACK / 2) {
             /* Slots past dspan are zero (dense_grow). */
             if (index >= j->dcap && dense_grow(j, index + 1) != 0)
                 return PMAP_ENOMEM;
-            j->dense[index] = off;
-            j->dspan = index + 1;
-            j->count++;
-            return 0;
+            if (dense_put(j, index, off) == 0) {
+                j->dspan = index + 1;
+                j->count++;
+                return 0;
+            }
         }
         if (go_sparse(j) != 0)
             return PMAP_ENOMEM;

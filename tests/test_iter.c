@@ -40,6 +40,8 @@ struct fake_script {
     int fatal_status;
     int use_done_many; /* report a pump's finishes through done_many */
     uint32_t room;     /* room() per place; 0: unlimited */
+    unsigned auto_window; /* what fake_wide_ops' auto_window() asks for */
+    int hold_first;       /* record 0 finishes only once it is alone in flight */
     /* Seen. */
     unsigned pumps, cancels, begins, creates, destroys;
     uint64_t submitted, batches, max_batch, reported, retried;
@@ -165,6 +167,15 @@ static int fake_pump(void *be, int timeout_ms, const struct pmap__sink *sink)
 
         for (w = 0; pick >= f->n[w]; w++)
             pick -= f->n[w];
+        if (f->s->hold_first && f->q[w][pick]->index == 0 && total > 1) {
+            /* Any other: the next one, on this place or the next. */
+            if (++pick == f->n[w]) {
+                pick = 0;
+                do
+                    w = (w + 1) % f->nplaces;
+                while (f->n[w] == 0);
+            }
+        }
         /* Any record of any place may finish first: the worst case for
          * the reorder buffer. */
         r = f->q[w][pick];
@@ -217,6 +228,19 @@ static const struct pmap__backend_ops fake_ops = {
     NULL, /* set_task: no task per map (pmap_imap_task is refused) */
     NULL, /* auto_window: the iterator's own */
     NULL, NULL, /* no shared blocks */
+};
+
+/* A backend that asks for a wider automatic window (as the MPI root does). */
+static unsigned fake_auto_window(void *be)
+{
+    return ((struct fake *)be)->s->auto_window;
+}
+
+static const struct pmap__backend_ops fake_wide_ops = {
+    fake_create, fake_destroy, fake_destroy, fake_nworkers, fake_room, fake_inflight,
+    fake_submit, fake_pump,    fake_cancel,  fake_begin,    NULL,      NULL,
+    NULL,        fake_auto_window,
+    NULL,        NULL, /* no shared blocks */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -605,6 +629,43 @@ static void test_window_values(void **state)
     }
 }
 
+/* The automatic window is the backend's when it asks for more, and the
+ * iterator's own otherwise; an explicit window is the caller's. Record 0
+ * is held until it is alone in flight, so the ordered map's lead grows to
+ * the window. */
+static void test_backend_auto_window(void **state)
+{
+    static const struct {
+        unsigned asked, window, expect;
+    } cases[] = {{40000, 0, 40000}, {100, 0, 8192}, {0, 0, 8192}, {40000, 64, 64}};
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct fake_script s = {0};
+        struct task_ctx tc = {0};
+        struct gen g = {0, 50000, 0, 0, -1};
+        pmap_options opt;
+        pmap_pool *pool;
+
+        s.places = 1;
+        s.per_pump = 4096;
+        s.hold_first = 1;
+        s.auto_window = cases[i].asked;
+        pmap_options_init(&opt);
+        opt.window = cases[i].window;
+        pool = pmap__pool_new(&fake_wide_ops, task, &tc, &opt, sizeof opt, &s);
+        assert_non_null(pool);
+        assert_int_equal(run_map(pool, 1, &g, &tc), PMAP_DONE);
+        /* Whole batches only while records are alive: the window's last
+         * records may stay unused. */
+        if (g.max_lead > cases[i].expect || g.max_lead <= cases[i].expect / 2)
+            fail_msg("asked %u, window %u: lead %llu, expected %u", cases[i].asked,
+                     cases[i].window, (unsigned long long)g.max_lead, cases[i].expect);
+        assert_int_equal(pmap_pool_destroy(pool), PMAP_OK);
+    }
+}
+
 /* Idle places come first: k * places records land on every place alike
  * (at most two batches each are queued at a time), never more on one
  * while another has fewer. Dispatch once filled the queue of each place in turn,
@@ -772,6 +833,7 @@ int main(void)
         cmocka_unit_test(test_generator_error),
         cmocka_unit_test(test_room_honoured),
         cmocka_unit_test(test_window_values),
+        cmocka_unit_test(test_backend_auto_window),
         cmocka_unit_test(test_idle_places_first),
         cmocka_unit_test(test_busy),
         cmocka_unit_test(test_task_per_map_refused),

@@ -5,14 +5,20 @@
  *
  *   bench_journal [records [replay_records]]
  *   env BENCH_WORKERS: workers (default: pmap_cpu_count())
- *       BENCH_REPEAT: rounds of the side-by-side figures (default 3), best printed
+ *       BENCH_REPEAT: rounds of the side-by-side figures (default 3), best
+ *                     printed, and medians where said
  *       BENCH_DIR: where the journal files go (default: TMPDIR, else /tmp)
  *
  * Figures:
  *   tiny_ordered_nojournal / tiny_ordered_journal   records/s, computed,
  *       run alternately (A B A B) in one process, a fresh journal each time
  *   journal_bytes_per_item   file size / items
- *   replay_ordered / replay_unordered   records/s, every item stored
+ *   replay_ordered / replay_unordered   records/s, every item stored (best)
+ *   replay_compute_ordered   records/s computing the replay's records
+ *       without a journal, in the same rounds as the replays (compute,
+ *       replay ordered, replay unordered, ...); the median of each, and
+ *   replay_vs_compute_ordered / _unordered   the median of the rounds'
+ *       ratios replay / compute
  *   replay_peak_rss_delta    KiB the caller's peak RSS grew during a replay
  *                            (journal opened and replayed), and per item
  *   kill_to_first_new_ms     SIGKILL of a caller half-way through a map to
@@ -238,6 +244,8 @@ int main(int argc, char **argv)
     char path[512];
     double plain = 0.0, jr = 0.0, one, rep_o = 0.0, rep_u = 0.0, ms;
     double cpu_plain = 1e30, cpu_jr = 1e30, cpu_rep = 1e30;
+    double *v_c, *v_o, *v_u, *q_o, *q_u, c = 0.0;
+    long rounds;
     long rss0;
     pmap_pool *pool;
     int ordered;
@@ -276,7 +284,20 @@ int main(int argc, char **argv)
         if (run(pool, path, 1, nr) < 0)
             return 1;
     }
-    for (r = 0; r < (repeat < 1 ? 1 : repeat); r++) {
+    rounds = repeat < 1 ? 1 : repeat;
+    v_c = calloc((size_t)rounds * 5, sizeof *v_c);
+    if (v_c == NULL)
+        return 1;
+    v_o = v_c + rounds;
+    v_u = v_o + rounds;
+    q_o = v_u + rounds;
+    q_u = q_o + rounds;
+    for (r = 0; r < rounds; r++) {
+        /* Computing the same records in the same round: the yardstick. */
+        c = run(pool, NULL, 1, nr);
+        if (c < 0)
+            return 1;
+        v_c[r] = c;
         for (ordered = 1; ordered >= 0; ordered--) {
             rss0 = bu_rss_kib();
             bu_reset_peak();
@@ -289,6 +310,13 @@ int main(int argc, char **argv)
                 cpu_rep = last_cpu_ns;
             if (!ordered && one > rep_u)
                 rep_u = one;
+            if (ordered) {
+                v_o[r] = one;
+                q_o[r] = one / c;
+            } else {
+                v_u[r] = one;
+                q_u[r] = one / c;
+            }
             if (r == 0 && ordered) {
                 long grew = bu_peak_rss_kib() - rss0;
 
@@ -300,6 +328,13 @@ int main(int argc, char **argv)
     }
     bu_figure("replay_ordered", rep_o, "records/s");
     bu_figure("replay_unordered", rep_u, "records/s");
+    bu_figure("replay_rounds", (double)rounds, "rounds");
+    bu_figure("replay_compute_ordered_median", bu_median(v_c, (size_t)rounds), "records/s");
+    bu_figure("replay_ordered_median", bu_median(v_o, (size_t)rounds), "records/s");
+    bu_figure("replay_unordered_median", bu_median(v_u, (size_t)rounds), "records/s");
+    bu_figure("replay_vs_compute_ordered", bu_median(q_o, (size_t)rounds), "x");
+    bu_figure("replay_vs_compute_unordered", bu_median(q_u, (size_t)rounds), "x");
+    free(v_c);
     /* Open, replay, close: the whole cost, since no worker runs. */
     bu_figure("replay_ordered_caller_cpu", cpu_rep, "ns/record");
     unlink(path);
