@@ -45,6 +45,14 @@
 #define STAGE_SIZE (128u * 1024u)
 /* Most bytes asked of one read into a record's own buffer. */
 #define READ_MAX ((size_t)1 << 24)
+/* A payload with this many bytes still to come is read straight into its
+ * record's buffer, and the read after it asks only for PEEK_SIZE bytes:
+ * the trailer and headers before the next payload, which then goes
+ * straight too. Staged through STAGE_SIZE reads instead, records of 64 KiB
+ * were copied twice in this process, out of the pipe and out of the
+ * stage. */
+#define DIRECT_MIN ((size_t)32 << 10)
+#define PEEK_SIZE 256u
 /* Bytes read from one worker per pump, so one busy pipe cannot starve
  * the others. */
 #define READ_BUDGET (8u * 1024u * 1024u)
@@ -115,6 +123,7 @@ struct worker {
     /* Input. */
     struct pmap__decoder dec;
     unsigned char *stage;
+    int peek; /* the last read went straight into a record: ask PEEK_SIZE next */
     /* Its process's arena (arena.h): parameters written here, results
      * read from there; empty when it has none. */
     struct pmap__arena ain, aout;
@@ -278,6 +287,7 @@ static int start_worker(struct pool *p, struct worker *w)
     w->rx = rx;
     w->state = W_STARTING;
     pmap__decoder_init(&w->dec, &caller_ops, w, p->max_record);
+    w->peek = 0;
     if (p->ep >= 0) {
         /* Unheard by the event loop, the worker would hang the map: a
          * failed start instead. */
@@ -664,14 +674,29 @@ static void read_worker(struct pool *p, struct worker *w, uint64_t now)
         long n;
         int rc;
 
-        if (direct != NULL && want >= STAGE_SIZE) {
-            asked = want > READ_MAX ? READ_MAX : (size_t)want;
+        if (direct != NULL && want >= DIRECT_MIN && want <= READ_MAX) {
+            /* The rest of the payload in place, and in the same call
+             * the headers after it (a peek's worth). */
+            n = pmap__read2_once(w->rx, direct, (size_t)want, w->stage, PEEK_SIZE);
+            asked = (size_t)want + PEEK_SIZE;
+            rc = 0;
+            if (n > 0)
+                rc = pmap__decode_direct(&w->dec, (size_t)n < want ? (size_t)n : (size_t)want);
+            if (rc == 0 && n > 0 && (size_t)n > want) {
+                rc = pmap__decode_with(&w->dec, w->stage, (size_t)n - (size_t)want, c_whole);
+                w->peek = pmap__decoder_large(&w->dec, DIRECT_MIN);
+            }
+        } else if (direct != NULL && want >= DIRECT_MIN) {
+            asked = READ_MAX;
             n = pmap__read_once(w->rx, direct, asked);
             rc = n > 0 ? pmap__decode_direct(&w->dec, (size_t)n) : 0;
         } else {
-            asked = STAGE_SIZE;
+            asked = w->peek ? PEEK_SIZE : STAGE_SIZE;
             n = pmap__read_once(w->rx, w->stage, asked);
             rc = n > 0 ? pmap__decode_with(&w->dec, w->stage, (size_t)n, c_whole) : 0;
+            /* Frames of large records: peek before each payload, even
+             * when the pipe holds it whole, so that it is read in place. */
+            w->peek = pmap__decoder_large(&w->dec, DIRECT_MIN);
         }
         if (n == -1)
             return; /* drained for now */
