@@ -500,6 +500,27 @@ long pmap__read_once(int fd, void *buf, size_t cap)
     }
 }
 
+long pmap__read2_once(int fd, void *a, size_t alen, void *b, size_t blen)
+{
+    struct iovec iov[2];
+
+    iov[0].iov_base = a;
+    iov[0].iov_len = alen;
+    iov[1].iov_base = b;
+    iov[1].iov_len = blen;
+    for (;;) {
+        ssize_t n = readv(fd, iov, 2);
+
+        if (n >= 0)
+            return (long)n;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return -1;
+        return PMAP_ESYS;
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* SIGPIPE guard                                                            */
 /* ------------------------------------------------------------------------ */

@@ -49,6 +49,9 @@ void pmap__pipe_grow(int fd, int bytes);
 int pmap__writev_all(int fd, struct iovec *iov, int iovcnt);
 /* One read, retried on EINTR: >0 bytes, 0 EOF, -1 would block, PMAP_ESYS. */
 long pmap__read_once(int fd, void *buf, size_t cap);
+/* pmap__read_once into a, then b (readv): one call for a payload read in
+ * place and the headers after it. */
+long pmap__read2_once(int fd, void *a, size_t alen, void *b, size_t blen);
 
 /* Guard against SIGPIPE around writes to pipes whose reader may be gone:
  * blocks SIGPIPE in this thread and, on leaving, discards a SIGPIPE that our

@@ -45,6 +45,14 @@
 #define STAGE_SIZE (128u * 1024u)
 /* Most bytes asked of one read into a record's own buffer. */
 #define READ_MAX ((size_t)1 << 24)
+/* A payload with this many bytes still to come is read straight into its
+ * record's buffer, and the read after it asks only for PEEK_SIZE bytes:
+ * the trailer and headers before the next payload, which then goes
+ * straight too. Staged through STAGE_SIZE reads instead, records of 64 KiB
+ * were copied twice in this process, out of the pipe and out of the
+ * stage. */
+#define DIRECT_MIN ((size_t)32 << 10)
+#define PEEK_SIZE 256u
 /* Bytes read from one worker per pump, so one busy pipe cannot starve
  * the others. */
 #define READ_BUDGET (8u * 1024u * 1024u)
@@ -55,6 +63,7 @@
 #define EXIT_POLL_NS (2u * PMAP__NS_PER_MS)    /* how often to look for an exit that is due */
 #define HIDDEN_EXIT_NS (1u * PMAP__NS_PER_S)   /* how often to look for an exit no EOF told of */
 #define STOP_GRACE_NS (500u * PMAP__NS_PER_MS) /* destroy: idle workers to exit on EOF */
+#define SERVER_SLACK_NS (1u * PMAP__NS_PER_S) /* ... and a fork server to reap them and exit */
 #define START_BACKOFF_NS (5u * PMAP__NS_PER_MS) /* first pause after a failed start */
 #define START_BACKOFF_SHIFT_MAX 8u             /* ... doubling up to 2^8 times that */
 /* While a time limit is set: how soon to look again at a worker whose
@@ -114,6 +123,7 @@ struct worker {
     /* Input. */
     struct pmap__decoder dec;
     unsigned char *stage;
+    int peek; /* the last read went straight into a record: ask PEEK_SIZE next */
     /* Its process's arena (arena.h): parameters written here, results
      * read from there; empty when it has none. */
     struct pmap__arena ain, aout;
@@ -277,6 +287,7 @@ static int start_worker(struct pool *p, struct worker *w)
     w->rx = rx;
     w->state = W_STARTING;
     pmap__decoder_init(&w->dec, &caller_ops, w, p->max_record);
+    w->peek = 0;
     if (p->ep >= 0) {
         /* Unheard by the event loop, the worker would hang the map: a
          * failed start instead. */
@@ -663,14 +674,29 @@ static void read_worker(struct pool *p, struct worker *w, uint64_t now)
         long n;
         int rc;
 
-        if (direct != NULL && want >= STAGE_SIZE) {
-            asked = want > READ_MAX ? READ_MAX : (size_t)want;
+        if (direct != NULL && want >= DIRECT_MIN && want <= READ_MAX) {
+            /* The rest of the payload in place, and in the same call
+             * the headers after it (a peek's worth). */
+            n = pmap__read2_once(w->rx, direct, (size_t)want, w->stage, PEEK_SIZE);
+            asked = (size_t)want + PEEK_SIZE;
+            rc = 0;
+            if (n > 0)
+                rc = pmap__decode_direct(&w->dec, (size_t)n < want ? (size_t)n : (size_t)want);
+            if (rc == 0 && n > 0 && (size_t)n > want) {
+                rc = pmap__decode_with(&w->dec, w->stage, (size_t)n - (size_t)want, c_whole);
+                w->peek = pmap__decoder_large(&w->dec, DIRECT_MIN);
+            }
+        } else if (direct != NULL && want >= DIRECT_MIN) {
+            asked = READ_MAX;
             n = pmap__read_once(w->rx, direct, asked);
             rc = n > 0 ? pmap__decode_direct(&w->dec, (size_t)n) : 0;
         } else {
-            asked = STAGE_SIZE;
+            asked = w->peek ? PEEK_SIZE : STAGE_SIZE;
             n = pmap__read_once(w->rx, w->stage, asked);
             rc = n > 0 ? pmap__decode_with(&w->dec, w->stage, (size_t)n, c_whole) : 0;
+            /* Frames of large records: peek before each payload, even
+             * when the pipe holds it whole, so that it is read in place. */
+            w->peek = pmap__decoder_large(&w->dec, DIRECT_MIN);
         }
         if (n == -1)
             return; /* drained for now */
@@ -1506,20 +1532,77 @@ static void drain_exits(struct pool *p, uint64_t deadline)
     }
 }
 
-/* End every worker: EOF first (idle workers exit at once), SIGKILL for any
- * still there after a grace period. */
-static void stop_workers(struct pool *p)
+/* The fork server ends the workers (stop_workers): drain their output
+ * until the server says, by exiting, that it has reaped them all, or the
+ * deadline. */
+static void drain_server(struct pool *p, uint64_t deadline)
 {
     int i;
 
+    while (!pmap__spawner_done(p->sp)) {
+        uint64_t now = pmap__now_ns();
+        int nfds = 0;
+
+        if (now >= deadline)
+            return;
+        for (i = 0; i < p->nworkers; i++) {
+            struct worker *w = &p->w[i];
+
+            if (w->rx >= 0) {
+                p->pfd[nfds].fd = w->rx;
+                p->pfd[nfds].events = POLLIN;
+                p->pfw[nfds++] = w;
+            }
+        }
+        p->pfd[nfds].fd = pmap__spawner_fd(p->sp);
+        p->pfd[nfds].events = POLLIN;
+        p->pfw[nfds++] = NULL;
+        if (poll(p->pfd, (nfds_t)nfds, (int)((deadline - now) / PMAP__NS_PER_MS) + 1) < 0 &&
+            errno != EINTR)
+            return;
+        for (i = 0; i < nfds; i++) {
+            struct worker *w = p->pfw[i];
+            unsigned char junk[4096];
+            long n;
+
+            if (p->pfd[i].revents == 0)
+                continue;
+            if (w == NULL) {
+                pmap__spawner_poll(p->sp);
+                continue;
+            }
+            do {
+                n = pmap__read_once(w->rx, junk, sizeof junk);
+            } while (n > 0);
+            if (n == 0 || n < -1)
+                close_rx(w);
+        }
+    }
+}
+
+/* End every worker: EOF first (idle workers exit at once), SIGKILL for any
+ * still there after a grace period. A fork server does both itself and
+ * exits when its workers are reaped, so that the caller wakes once for
+ * the whole stop instead of once per exit and again for the server. */
+static void stop_workers(struct pool *p)
+{
+    int i, served;
+
     for (i = 0; i < p->nworkers; i++)
         close_tx(&p->w[i]);
-    drain_exits(p, pmap__now_ns() + STOP_GRACE_NS);
+    served = p->sp != NULL &&
+             pmap__spawner_quit(p->sp, (int)(STOP_GRACE_NS / PMAP__NS_PER_MS));
+    if (served)
+        drain_server(p, pmap__now_ns() + STOP_GRACE_NS + SERVER_SLACK_NS);
+    else
+        drain_exits(p, pmap__now_ns() + STOP_GRACE_NS);
     for (i = 0; i < p->nworkers; i++) {
         struct worker *w = &p->w[i];
         int code;
 
-        if (w->pid > 0) {
+        /* (A server that did not finish in time is killed by
+         * pmap__spawner_free, and its workers follow it.) */
+        if (w->pid > 0 && !served) {
             signal_worker(w, SIGKILL);
             (void)reap(w, 1, &code);
         }
@@ -1631,6 +1714,8 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
         errno = saved;
         return rc;
     }
+    for (i = 0; i < p->nworkers; i++)
+        pmap__spawner_ask(p->sp, p->w[i].id);
     for (i = 0, rc = 0; i < p->nworkers && rc == 0; i++) {
         rc = start_worker(p, &p->w[i]);
         if (rc == PMAP_ENOMEM)

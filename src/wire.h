@@ -184,6 +184,13 @@ int pmap__decode(struct pmap__decoder *d, const unsigned char *p, size_t n);
  * when the decoder is not inside a payload. Then pmap__decode_direct(n). */
 unsigned char *pmap__decoder_direct(struct pmap__decoder *d, uint64_t *want);
 int pmap__decode_direct(struct pmap__decoder *d, size_t n);
+/* Whether the records of the current (or, between frames, the last)
+ * frame average `min` bytes or more: their payloads are worth reading in
+ * place, and the reads between them worth keeping short. */
+static inline int pmap__decoder_large(const struct pmap__decoder *d, uint64_t min)
+{
+    return d->f.count != 0 && d->f.bytes / d->f.count >= min;
+}
 /* True between frames (nothing partial buffered). */
 int pmap__decoder_idle(const struct pmap__decoder *d);
 

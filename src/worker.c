@@ -46,6 +46,11 @@
  * buffer, up to READ_MAX per read. */
 #define STAGE_SIZE (128u * 1024u)
 #define READ_MAX ((size_t)1 << 24)
+/* Payloads with this many bytes to come are read straight into the
+ * parameter buffer, and the read after one asks only for PEEK_SIZE bytes
+ * (the headers before the next payload), as in pool.c. */
+#define DIRECT_MIN ((size_t)32 << 10)
+#define PEEK_SIZE 256u
 #define PIPE_BYTES (1024 * 1024)
 /* Results are flushed when this many bytes wait, or when the oldest
  * waiting result is this old. */
@@ -758,6 +763,7 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
     struct wctx c;
     struct pmap__decoder dec;
     unsigned char *stage;
+    int peek; /* the last read went straight into a record */
     pthread_t th;
     pthread_attr_t attr;
 
@@ -829,19 +835,35 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
     w_send_control(&c, PMAP__K_READY, 0);
 
     pmap__decoder_init(&dec, &w_ops, &c, a->max_record);
+    peek = 0;
     for (;;) {
         uint64_t want;
         unsigned char *direct = pmap__decoder_direct(&dec, &want);
         long n;
 
-        if (direct != NULL && want >= STAGE_SIZE) {
-            n = pmap__read_once(rfd, direct, want > READ_MAX ? READ_MAX : (size_t)want);
+        if (direct != NULL && want >= DIRECT_MIN && want <= READ_MAX) {
+            /* As in pool.c: the payload in place, the headers after it
+             * in the same call. */
+            n = pmap__read2_once(rfd, direct, (size_t)want, stage, PEEK_SIZE);
+            if (n > 0 && pmap__decode_direct(&dec, (size_t)n < want ? (size_t)n : (size_t)want) != 0)
+                w_exit(PMAP__EXIT_PROTO);
+            if (n > 0 && (size_t)n > want) {
+                if (pmap__decode_with(&dec, stage, (size_t)n - (size_t)want, w_whole) != 0)
+                    w_exit(PMAP__EXIT_PROTO);
+                peek = pmap__decoder_large(&dec, DIRECT_MIN);
+            }
+        } else if (direct != NULL && want >= DIRECT_MIN) {
+            n = pmap__read_once(rfd, direct, READ_MAX);
             if (n > 0 && pmap__decode_direct(&dec, (size_t)n) != 0)
                 w_exit(PMAP__EXIT_PROTO);
         } else {
-            n = pmap__read_once(rfd, stage, STAGE_SIZE);
+            size_t asked = peek ? PEEK_SIZE : STAGE_SIZE;
+
+            n = pmap__read_once(rfd, stage, asked);
             if (n > 0 && pmap__decode_with(&dec, stage, (size_t)n, w_whole) != 0)
                 w_exit(PMAP__EXIT_PROTO);
+            /* As in pool.c: frames of large records are peeked into. */
+            peek = pmap__decoder_large(&dec, DIRECT_MIN);
         }
         if (n == 0)
             w_exit_normal(&c); /* EOF: the caller closed the pipe or is gone */
