@@ -471,9 +471,12 @@ static uint32_t root_room(void *be, int w)
  * covers COVER_US of the place's work beyond that queue, from the task
  * times the ranks report and the batch sizes sent: many for tiny records,
  * 1 for tasks long enough that a deeper queue would only lengthen the
- * map's tail.
+ * map's tail. 4 ms was too little on a loaded machine: with 3 ranks over
+ * TCP (load 11-14 on 2 cores) 1 ms tasks took a median 1.8-2.3x the
+ * local pool's time at 4 ms and 1.0-1.2x at 16 ms, in alternating runs;
+ * the tail this adds is at most 16 ms of one place's work.
  */
-#define COVER_US 4000.0
+#define COVER_US 16000.0
 #define DEPTH_MAX 16u
 
 static void root_redepth(struct root *R)
