@@ -285,6 +285,9 @@ static PMAP__RARE int buf_set_slow(pmap_buf *buf, const void *data, size_t len)
     p = pmap_buf_reserve(buf, len);
     if (p == NULL)
         return errno == E2BIG ? PMAP_ETOOBIG : PMAP_ENOMEM;
+    /* Every byte is written now (unlike pmap_buf_reserve's, which the
+     * caller may fill only in part). */
+    pmap__buf_populate(buf, 0, len);
     if (len)
         pmap__copy(p, data, len);
     return PMAP_OK;

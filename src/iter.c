@@ -554,7 +554,7 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
     const uint64_t returned = it->returned;
     const uint64_t live_max = it->live_max;
     /* Blocks are stashed only once records are large. */
-    const int stashing = it->stash.n != 0 || it->blocks;
+    int stashing = it->stash.n != 0 || it->blocks;
     size_t big = it->big;
     const pmap_gen_fn gen = it->gen;
     void *const gen_ctx = it->gen_ctx;
@@ -617,6 +617,9 @@ static uint32_t generate_run(struct pmap_iter *it, struct pmap__rec **out, uint3
         if (r->param.len > big) {
             grew_big(it, r->param.len);
             big = it->big;
+            /* The rest of this run into shared blocks already: a map
+             * of a few huge records may be only a run or two. */
+            stashing |= it->blocks;
         }
         if (it->jr != NULL) {
             hit = replay(it, r, idx, st);

@@ -799,8 +799,9 @@ static _Noreturn void w_main(const struct pmap__worker_args *a, int rfd, int wfd
         int afd = a->arena_fd;
 
         /* Mapped, the descriptor is of no more use: the task never sees it.
-         * Parameters are writable here too: a task may work on its
-         * parameter in place, as it could in a buffer of the worker's. */
+         * Parameters copied here are writable, as in a buffer of the
+         * worker's; those in the pool's shared blocks are not (pmap.h
+         * promises a task only that it may read its parameter). */
         if (pmap__arena_map(&c.ain, afd, a->arena_half, 0, 1, 0) != 0 ||
             pmap__arena_map(&c.aout, afd, a->arena_half, 1, 1, 0) != 0)
             w_exit(PMAP__EXIT_IO);
