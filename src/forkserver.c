@@ -19,20 +19,16 @@
  * switch.)
  *
  * Requests come from the caller's one thread at a time:
- *   SPAWN slot -> err, pid, slot, and the worker's tx and rx descriptors
+ *   SPAWN slot -> err, pid, and the worker's tx and rx descriptors
  *   KILL  pid sig
- *   QUIT  grace (the server waits up to grace ms for its workers to exit,
- *               SIGKILLs and reaps what it has left, exits)
+ *   QUIT       (the server kills and reaps what it has left, exits)
  * and the server tells of every exit, unasked, as soon as it has reaped
  * the worker (a pidfd per worker wakes it; without pidfds it looks every
  * EXIT_POLL_MS):
  *   EXIT  pid code (signal number or exit status)
  * The caller keeps those notes until pool.c asks about the pid, and polls
  * the socket with the pipes, so that waiting for an exit costs it no
- * wakeups and no round trip. At create, the SPAWNs of every place go out
- * back to back before the first answer is read (pmap__fsrv_ask), so the
- * server forks the next worker while the caller takes in the last one's
- * descriptors, and the caller does not wait once per worker.
+ * wakeups and no round trip.
  *
  * Pid reuse: only the server can reap its workers, so only the server can
  * signal them safely. It keeps the pids it has forked and not yet reaped,
@@ -72,13 +68,12 @@
 
 enum { OP_SPAWN = 1, OP_EXIT, OP_KILL, OP_QUIT };
 
-/* Requests and answers alike: op, then two arguments or results, and
- * the slot a SPAWN answer is for. */
+/* Requests and answers alike: op, then two arguments or results. */
 struct fs_msg {
     int32_t op;
     int32_t a;
     int32_t b;
-    int32_t slot;
+    int32_t pad;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -152,7 +147,7 @@ static int srv_room(struct srv *s)
 
 static void srv_spawn(struct srv *s, const struct fs_msg *m)
 {
-    struct fs_msg r = {OP_SPAWN, 0, 0, m->a};
+    struct fs_msg r = {OP_SPAWN, 0, 0, 0};
     int fds[2] = {-1, -1};
     pid_t pid;
 
@@ -191,47 +186,6 @@ static int srv_reap(struct srv *s, size_t i)
     s->kids[i] = s->kids[--s->nkids];
     srv_send(s, &r, NULL, 0);
     return 1;
-}
-
-/* QUIT with a grace period: the caller closed every worker's input, so
- * idle workers are exiting on their own; reap them as they go, SIGKILL
- * whatever is left at the deadline (or at once if the caller dies), then
- * exit. No exit notes: the caller waits only for the socket's EOF, one
- * wakeup for the whole stop. */
-static _Noreturn void srv_quit(struct srv *s, int pidfd, pid_t caller, int grace_ms)
-{
-    uint64_t deadline = pmap__now_ns() + (uint64_t)grace_ms * PMAP__NS_PER_MS;
-
-    while (s->nkids > 0) {
-        uint64_t now = pmap__now_ns();
-        size_t i, n = 0;
-        int timeout, code;
-
-        if (now >= deadline || getppid() != caller)
-            break;
-        timeout = (int)((deadline - now + PMAP__NS_PER_MS - 1) / PMAP__NS_PER_MS);
-        s->pfd[n++] = (struct pollfd){pidfd, POLLIN, 0};
-        for (i = 0; i < s->nkids; i++) {
-            s->pfd[n++] = (struct pollfd){s->kids[i].pidfd, POLLIN, 0};
-            if (s->kids[i].pidfd < 0 && timeout > EXIT_POLL_MS)
-                timeout = EXIT_POLL_MS;
-        }
-        if (pidfd < 0 && timeout > WATCH_MS)
-            timeout = WATCH_MS;
-        if (poll(s->pfd, (nfds_t)n, timeout) < 0 && errno != EINTR)
-            break;
-        if (pidfd >= 0 && s->pfd[0].revents != 0)
-            break; /* the caller is gone */
-        for (i = s->nkids; i-- > 0;) {
-            if (s->kids[i].pidfd >= 0 && s->pfd[1 + i].revents == 0)
-                continue;
-            if (pmap__wait_pid(s->kids[i].pid, 0, &code)) {
-                pmap__close(&s->kids[i].pidfd);
-                s->kids[i] = s->kids[--s->nkids];
-            }
-        }
-    }
-    srv_exit(s);
 }
 
 /* SIGCHLD ignored by the host would make the kernel reap the workers at
@@ -310,11 +264,7 @@ static _Noreturn void srv_main(struct pmap__spawner *sp, int nslots, int sock, p
             if (srv_find(&s, (pid_t)m.a) >= 0)
                 (void)kill((pid_t)m.a, m.b);
             break;
-        case OP_QUIT:
-            if (m.a > 0)
-                srv_quit(&s, pidfd, caller, m.a);
-            srv_exit(&s);
-        default: /* nonsense */
+        default: /* OP_QUIT, or nonsense */
             srv_exit(&s);
         }
     }
@@ -333,11 +283,6 @@ struct pmap__fsrv {
     int sock;
     pid_t pid;
     int broken; /* the server is gone or garbled: no more requests */
-    int nslots;
-    int quitting; /* QUIT sent: the socket's EOF says every worker is reaped */
-    /* Places whose SPAWN was sent ahead (pmap__fsrv_ask) and whose answer
-     * is still to be read. */
-    unsigned char *asked;
     /* Exits the server told of that pool.c has not asked about yet:
      * about one per place at most, since a place starts a new worker only
      * once its last one was reaped (asked about). */
@@ -356,14 +301,8 @@ int pmap__fsrv_start(struct pmap__fsrv **out, struct pmap__spawner *direct, int 
     if (f != NULL) {
         f->cap = (size_t)nslots + 1u;
         f->notes = calloc(f->cap, sizeof *f->notes);
-        f->nslots = nslots;
-        f->asked = calloc((size_t)nslots, 1);
     }
-    if (f == NULL || f->notes == NULL || f->asked == NULL) {
-        if (f != NULL) {
-            free(f->notes);
-            free(f->asked);
-        }
+    if (f == NULL || f->notes == NULL) {
         free(f);
         errno = ENOMEM;
         return PMAP_ENOMEM;
@@ -372,7 +311,6 @@ int pmap__fsrv_start(struct pmap__fsrv **out, struct pmap__spawner *direct, int 
     if (rc != 0) {
         saved = errno;
         free(f->notes);
-        free(f->asked);
         free(f);
         errno = saved;
         return rc;
@@ -385,7 +323,6 @@ int pmap__fsrv_start(struct pmap__fsrv **out, struct pmap__spawner *direct, int 
     if (pid < 0) {
         pmap__close(&sv[0]);
         free(f->notes);
-        free(f->asked);
         free(f);
         errno = saved;
         return PMAP_ESYS;
@@ -458,39 +395,18 @@ static int fs_read(struct pmap__fsrv *f, int wait, struct fs_msg *r, int *fds, i
     return 1;
 }
 
-void pmap__fsrv_ask(struct pmap__fsrv *f, int slot)
-{
-    if (slot >= 0 && slot < f->nslots && !f->asked[slot] && fs_send(f, OP_SPAWN, slot, 0) == 0)
-        f->asked[slot] = 1;
-}
-
 int pmap__fsrv_spawn(struct pmap__fsrv *f, int slot, pid_t *pid, int *tx, int *rx)
 {
     struct fs_msg r;
     int fds[2] = {-1, -1}, n = 0;
 
-    if (slot < 0 || slot >= f->nslots) {
-        errno = EINVAL;
-        return PMAP_ESYS;
-    }
-    if (f->asked[slot])
-        f->asked[slot] = 0;
-    else if (fs_send(f, OP_SPAWN, slot, 0) != 0)
+    if (fs_send(f, OP_SPAWN, slot, 0) != 0)
         return PMAP_ESYS;
     do {
         if (fs_read(f, 1, &r, fds, &n) != 1)
             return PMAP_ESYS;
     } while (r.op != OP_SPAWN);
-    /* Answers come in the order of the requests: one for another place
-     * means the places were started out of the order they were asked in,
-     * which this side never does. */
-    if (r.slot != slot) {
-        for (int i = 0; i < n; i++)
-            pmap__close(&fds[i]);
-        n = 0;
-        fs_broken(f);
-        r.a = ECHILD;
-    } else if (r.a == 0 && r.b <= 0) {
+    if (r.a == 0 && r.b <= 0) {
         fs_broken(f); /* nonsense: nothing more it says is believed */
         r.a = ECHILD;
     } else if (r.a == 0 && n != 2) {
@@ -584,19 +500,6 @@ static int fs_wait_eof(struct pmap__fsrv *f)
     }
 }
 
-int pmap__fsrv_quit(struct pmap__fsrv *f, int grace_ms)
-{
-    if (f->quitting || fs_send(f, OP_QUIT, grace_ms, 0) != 0)
-        return 0;
-    f->quitting = 1;
-    return 1;
-}
-
-int pmap__fsrv_gone(const struct pmap__fsrv *f)
-{
-    return f->broken;
-}
-
 void pmap__fsrv_stop(struct pmap__fsrv *f)
 {
     int code;
@@ -605,16 +508,13 @@ void pmap__fsrv_stop(struct pmap__fsrv *f)
         return;
     /* QUIT rather than only closing: a child the host forked meanwhile
      * may hold a copy of our end, and then no EOF would come. */
-    if (!f->quitting)
-        (void)fs_send(f, OP_QUIT, 0, 0);
-    /* Our child, not yet reaped: its pid cannot have been reused. (Once
-     * broken, the EOF was seen already: the server has exited.) */
-    if (!f->broken && !fs_wait_eof(f))
+    (void)fs_send(f, OP_QUIT, 0, 0);
+    /* Our child, not yet reaped: its pid cannot have been reused. */
+    if (!fs_wait_eof(f))
         (void)kill(f->pid, SIGKILL);
     pmap__close(&f->sock);
     (void)pmap__wait_pid(f->pid, 1, &code);
     free(f->notes);
-    free(f->asked);
     free(f);
 }
 
@@ -624,6 +524,5 @@ void pmap__fsrv_release(struct pmap__fsrv *f)
         return;
     pmap__close(&f->sock);
     free(f->notes);
-    free(f->asked);
     free(f);
 }

@@ -24,21 +24,10 @@ int pmap__fsrv_start(struct pmap__fsrv **out, struct pmap__spawner *direct, int 
  * server. When the server is gone, starting fails (ECHILD) and every
  * worker counts as gone (code -1): the server's workers die with it. */
 int pmap__fsrv_spawn(struct pmap__fsrv *f, int slot, pid_t *pid, int *tx, int *rx);
-/* Send the SPAWN of `slot` now; the next pmap__fsrv_spawn(slot) takes its
- * answer. Places asked ahead must then be started in the order asked. */
-void pmap__fsrv_ask(struct pmap__fsrv *f, int slot);
 int pmap__fsrv_reap(struct pmap__fsrv *f, pid_t pid, int block, int *code);
 void pmap__fsrv_kill(struct pmap__fsrv *f, pid_t pid, int sig);
 int pmap__fsrv_fd(const struct pmap__fsrv *f);
 void pmap__fsrv_poll(struct pmap__fsrv *f);
-
-/* Ask the server to end: every worker has grace_ms (> 0) to exit on its
- * own, then SIGKILL; the server reaps them all and exits. From then on the
- * socket polls readable until the EOF that says it is done
- * (pmap__fsrv_poll takes it in; pmap__fsrv_gone then says 1). 1 if asked,
- * 0 if it could not be (the server is gone, or was asked already). */
-int pmap__fsrv_quit(struct pmap__fsrv *f, int grace_ms);
-int pmap__fsrv_gone(const struct pmap__fsrv *f);
 
 /* End the server (it reaps whatever workers it still has), reap it and
  * free everything. NULL is a no-op. */

@@ -63,7 +63,6 @@
 #define EXIT_POLL_NS (2u * PMAP__NS_PER_MS)    /* how often to look for an exit that is due */
 #define HIDDEN_EXIT_NS (1u * PMAP__NS_PER_S)   /* how often to look for an exit no EOF told of */
 #define STOP_GRACE_NS (500u * PMAP__NS_PER_MS) /* destroy: idle workers to exit on EOF */
-#define SERVER_SLACK_NS (1u * PMAP__NS_PER_S) /* ... and a fork server to reap them and exit */
 #define START_BACKOFF_NS (5u * PMAP__NS_PER_MS) /* first pause after a failed start */
 #define START_BACKOFF_SHIFT_MAX 8u             /* ... doubling up to 2^8 times that */
 /* While a time limit is set: how soon to look again at a worker whose
@@ -1532,77 +1531,20 @@ static void drain_exits(struct pool *p, uint64_t deadline)
     }
 }
 
-/* The fork server ends the workers (stop_workers): drain their output
- * until the server says, by exiting, that it has reaped them all, or the
- * deadline. */
-static void drain_server(struct pool *p, uint64_t deadline)
+/* End every worker: EOF first (idle workers exit at once), SIGKILL for any
+ * still there after a grace period. */
+static void stop_workers(struct pool *p)
 {
     int i;
 
-    while (!pmap__spawner_done(p->sp)) {
-        uint64_t now = pmap__now_ns();
-        int nfds = 0;
-
-        if (now >= deadline)
-            return;
-        for (i = 0; i < p->nworkers; i++) {
-            struct worker *w = &p->w[i];
-
-            if (w->rx >= 0) {
-                p->pfd[nfds].fd = w->rx;
-                p->pfd[nfds].events = POLLIN;
-                p->pfw[nfds++] = w;
-            }
-        }
-        p->pfd[nfds].fd = pmap__spawner_fd(p->sp);
-        p->pfd[nfds].events = POLLIN;
-        p->pfw[nfds++] = NULL;
-        if (poll(p->pfd, (nfds_t)nfds, (int)((deadline - now) / PMAP__NS_PER_MS) + 1) < 0 &&
-            errno != EINTR)
-            return;
-        for (i = 0; i < nfds; i++) {
-            struct worker *w = p->pfw[i];
-            unsigned char junk[4096];
-            long n;
-
-            if (p->pfd[i].revents == 0)
-                continue;
-            if (w == NULL) {
-                pmap__spawner_poll(p->sp);
-                continue;
-            }
-            do {
-                n = pmap__read_once(w->rx, junk, sizeof junk);
-            } while (n > 0);
-            if (n == 0 || n < -1)
-                close_rx(w);
-        }
-    }
-}
-
-/* End every worker: EOF first (idle workers exit at once), SIGKILL for any
- * still there after a grace period. A fork server does both itself and
- * exits when its workers are reaped, so that the caller wakes once for
- * the whole stop instead of once per exit and again for the server. */
-static void stop_workers(struct pool *p)
-{
-    int i, served;
-
     for (i = 0; i < p->nworkers; i++)
         close_tx(&p->w[i]);
-    served = p->sp != NULL &&
-             pmap__spawner_quit(p->sp, (int)(STOP_GRACE_NS / PMAP__NS_PER_MS));
-    if (served)
-        drain_server(p, pmap__now_ns() + STOP_GRACE_NS + SERVER_SLACK_NS);
-    else
-        drain_exits(p, pmap__now_ns() + STOP_GRACE_NS);
+    drain_exits(p, pmap__now_ns() + STOP_GRACE_NS);
     for (i = 0; i < p->nworkers; i++) {
         struct worker *w = &p->w[i];
         int code;
 
-        /* (A server that did not finish in time is killed by
-         * pmap__spawner_free, and its workers follow it.) */
-        if (w->pid > 0 && !served) {
+        if (w->pid > 0) {
             signal_worker(w, SIGKILL);
             (void)reap(w, 1, &code);
         }
@@ -1714,8 +1656,6 @@ static int be_create(const struct pmap__backend_cfg *cfg, void **out)
         errno = saved;
         return rc;
     }
-    for (i = 0; i < p->nworkers; i++)
-        pmap__spawner_ask(p->sp, p->w[i].id);
     for (i = 0, rc = 0; i < p->nworkers && rc == 0; i++) {
         rc = start_worker(p, &p->w[i]);
         if (rc == PMAP_ENOMEM)

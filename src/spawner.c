@@ -65,12 +65,6 @@ int pmap__spawner_start(struct pmap__spawner *s, int slot, int arena_fd, pid_t *
     return pmap__worker_spawn(&a, pid, tx, rx);
 }
 
-void pmap__spawner_ask(struct pmap__spawner *s, int slot)
-{
-    if (s->srv != NULL)
-        pmap__fsrv_ask(s->srv, slot);
-}
-
 int pmap__wait_pid(pid_t pid, int block, int *code)
 {
     int st;
@@ -116,16 +110,6 @@ void pmap__spawner_poll(struct pmap__spawner *s)
 {
     if (s->srv != NULL)
         pmap__fsrv_poll(s->srv);
-}
-
-int pmap__spawner_quit(struct pmap__spawner *s, int grace_ms)
-{
-    return s->srv != NULL && pmap__fsrv_quit(s->srv, grace_ms);
-}
-
-int pmap__spawner_done(const struct pmap__spawner *s)
-{
-    return s->srv == NULL || pmap__fsrv_gone(s->srv);
 }
 
 void pmap__spawner_free(struct pmap__spawner *s)

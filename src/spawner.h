@@ -32,12 +32,6 @@ int pmap__spawner_new(struct pmap__spawner **out, int start_method,
 int pmap__spawner_start(struct pmap__spawner *s, int slot, int arena_fd, pid_t *pid, int *tx,
                         int *rx);
 
-/* A start of `slot` will follow soon: a server may begin it now (its
- * request goes out without waiting), so that starting several places
- * costs one wait, not one per place. Started places must then follow in
- * the order asked. Nothing in fork mode. */
-void pmap__spawner_ask(struct pmap__spawner *s, int slot);
-
 /* Wait for worker `pid` (block: until it is gone). 1: gone, *code its
  * signal number or exit status (-1 if unknowable: reaped behind our
  * back); 0: still running. Once it said 1, never ask again. */
@@ -53,17 +47,6 @@ int pmap__spawner_fd(const struct pmap__spawner *s);
 /* The descriptor polled readable: take the news in, so that it stops
  * being readable. */
 void pmap__spawner_poll(struct pmap__spawner *s);
-
-/* The pool stops and every worker's input is closed: a server ends them
- * itself (grace_ms for them to exit on their own, then SIGKILL), reaps
- * them and exits, so the caller waits once, for the server. 1 if the
- * server took it on: from then on reap() must not block, and done() says
- * when it is over; 0 (fork mode, or no server to ask): the caller ends
- * its workers itself. */
-int pmap__spawner_quit(struct pmap__spawner *s, int grace_ms);
-/* After quit() said 1: 1 once the server has reaped every worker (news
- * comes through the descriptor: poll() takes it in). */
-int pmap__spawner_done(const struct pmap__spawner *s);
 
 /* Every worker has been reaped: end the spawner (a server exits and is
  * reaped) and free it. NULL is a no-op. */
